@@ -1,0 +1,95 @@
+"""The ``qt-ros`` command line: one verb per step of the data loop.
+
+Each verb lives in its own module, imported only when that verb runs, so ``qt-ros --help`` is
+instant and never imports PyTorch or rclpy. A verb module defines::
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None: ...
+    def run(args: argparse.Namespace) -> int: ...     # the exit status
+
+Verbs with sub-verbs (``dataset info``, ``bench act``) name one module per sub-verb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from qt_ros import __version__
+
+# verb -> (module, one-line help); a dict value instead of a tuple is a group of sub-verbs.
+VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
+    "convert": ("qt_ros.core.convert", "convert episode bags (ours or `ros2 bag record`) into a dataset"),
+    "dataset": {
+        "info": ("qt_ros.core.dataset_info", "summarize a dataset and plot its episodes (PNG)"),
+    },
+    "repair": ("qt_ros.core.bag_repair", "reindex a bag left incomplete by a crash, keeping all data"),
+    "train": ("qt_ros.core.train", "train a Q-Transformer offline on a dataset"),
+    "bench": {
+        "act": ("qt_ros.bench.act", "time greedy action selection (JSON)"),
+        "train": ("qt_ros.bench.train", "time learner updates (JSON)"),
+        "record": ("qt_ros.bench.record", "drop rate and CPU of the recorder node under camera load (JSON)"),
+        "convert": ("qt_ros.bench.convert", "bag-to-dataset conversion speed and memory (JSON)"),
+        "policy-node": ("qt_ros.bench.policy_node", "policy node latency and missed deadlines (JSON)"),
+    },
+}
+
+
+def _missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except ModuleNotFoundError:
+        return True
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """Build the parser; only the module of the verb named in ``argv`` is imported."""
+    parser = argparse.ArgumentParser(
+        prog="qt-ros",
+        description="Q-Transformer on ROS 2: convert episode bags, train, evaluate, benchmark.",
+    )
+    parser.add_argument("--version", action="version", version=f"qt-ros {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+    chosen = [a for a in argv if not a.startswith("-")][:2]
+    for verb, spec in VERBS.items():
+        if isinstance(spec, dict):
+            group = verbs.add_parser(verb, help=f"{verb}: " + ", ".join(spec))
+            subs = group.add_subparsers(dest="subverb", metavar="SUBVERB")
+            subs.required = True
+            for sub, (module, help_) in spec.items():
+                p = subs.add_parser(sub, help=help_, description=help_)
+                if chosen[:2] == [verb, sub]:
+                    _attach(p, module)
+        else:
+            module, help_ = spec
+            p = verbs.add_parser(verb, help=help_, description=help_)
+            if chosen[:1] == [verb]:
+                _attach(p, module)
+    return parser
+
+
+def _attach(parser: argparse.ArgumentParser, module_name: str) -> None:
+    if _missing(module_name):
+        parser.set_defaults(_run=lambda args: _not_available(module_name))
+        return
+    module = importlib.import_module(module_name)
+    module.add_arguments(parser)
+    parser.set_defaults(_run=module.run)
+
+
+def _not_available(module_name: str) -> int:
+    print(f"qt-ros: this verb is not available in this installation ({module_name} is missing)",
+          file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

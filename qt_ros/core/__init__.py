@@ -1,0 +1,1 @@
+"""The ROS-free core: action tokenizer, model, learner, data, training and evaluation."""
