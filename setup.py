@@ -1,4 +1,4 @@
-"""pip install of the qt_ros core (no ROS needed): `pip install .` gives `import qt_ros` and `qt-ros`.
+"""pip install of the qt_ros core, no ROS needed: `pip install .` gives `import qt_ros`, `qt-ros`.
 
 On a robot, colcon builds the same package from CMakeLists.txt (package.xml says ament_cmake) and
 ignores this file.

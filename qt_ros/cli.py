@@ -20,18 +20,18 @@ from qt_ros import __version__
 
 # verb -> (module, one-line help); a dict value instead of a tuple is a group of sub-verbs.
 VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
-    "convert": ("qt_ros.core.convert", "convert episode bags (ours or `ros2 bag record`) into a dataset"),
+    "convert": ("qt_ros.core.convert", "convert episode bags (ours or teleop) to a dataset"),
     "dataset": {
         "info": ("qt_ros.core.dataset_info", "summarize a dataset and plot its episodes (PNG)"),
     },
-    "repair": ("qt_ros.core.bag_repair", "reindex a bag left incomplete by a crash, keeping all data"),
+    "repair": ("qt_ros.core.bag_repair", "reindex a bag a crash left incomplete, keeping its data"),
     "train": ("qt_ros.core.train", "train a Q-Transformer offline on a dataset"),
     "bench": {
         "act": ("qt_ros.bench.act", "time greedy action selection (JSON)"),
         "train": ("qt_ros.bench.train", "time learner updates (JSON)"),
-        "record": ("qt_ros.bench.record", "drop rate and CPU of the recorder node under camera load (JSON)"),
+        "record": ("qt_ros.bench.record", "recorder drops and CPU under camera load (JSON)"),
         "convert": ("qt_ros.bench.convert", "bag-to-dataset conversion speed and memory (JSON)"),
-        "policy-node": ("qt_ros.bench.policy_node", "policy node latency and missed deadlines (JSON)"),
+        "policy-node": ("qt_ros.bench.policy_node", "policy node latency, missed deadlines (JSON)"),
     },
 }
 

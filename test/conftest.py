@@ -28,7 +28,7 @@ def _next_domain_id() -> int:
 
 @pytest.fixture
 def ros_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for ROS processes of one test: unique domain, localhost discovery, logs in tmp."""
+    """Env for the ROS processes of one test: unique domain, localhost discovery, logs in tmp."""
     env = dict(os.environ)
     env["ROS_DOMAIN_ID"] = str(_next_domain_id())
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -55,18 +55,18 @@ class Process:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         if self.alive():
             os.killpg(self.popen.pid, sig)
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int | None:
         """Signal the group, wait, escalate to SIGKILL; returns the exit code."""
         if self.alive():
-            self.signal(sig)
+            self.send_signal(sig)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
+                self.send_signal(signal.SIGKILL)
                 self.popen.wait(5)
         self._log.close()
         return self.popen.returncode
@@ -74,10 +74,11 @@ class Process:
 
 @pytest.fixture
 def spawn(ros_env: dict[str, str], tmp_path: Path) -> Iterator:
-    """``spawn(args, env=None, name=None) -> Process``: start a real process; all stopped at teardown."""
+    """``spawn(args, env=None, name=None) -> Process``; every process is stopped at teardown."""
     procs: list[Process] = []
 
-    def _spawn(args: list[str], env: dict[str, str] | None = None, name: str | None = None) -> Process:
+    def _spawn(args: list[str], env: dict[str, str] | None = None,
+               name: str | None = None) -> Process:
         name = name or f"proc{len(procs)}"
         proc = Process(args, env or ros_env, tmp_path / f"{name}.log")
         procs.append(proc)
@@ -94,7 +95,7 @@ def python_args(*args: str) -> list[str]:
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
-    """Poll ``predicate`` until it returns a truthy value; fail the test with ``what`` on timeout."""
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

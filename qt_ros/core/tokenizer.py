@@ -61,7 +61,7 @@ class ActionTokenizer:
                 raise ValueError(f"ActionTokenizer: dimension '{name}' needs finite low < high, "
                                  f"got low={lo}, high={hi}")
             if b < 2:
-                raise ValueError(f"ActionTokenizer: dimension '{name}' needs at least 2 bins, got {b}")
+                raise ValueError(f"ActionTokenizer: dimension '{name}' needs >= 2 bins, got {b}")
         if self.terminate is not None and self.terminate not in self.names:
             raise ValueError(f"ActionTokenizer: terminate dimension '{self.terminate}' is not one "
                              f"of {self.names}")
