@@ -32,7 +32,8 @@ demo: env
 	$(ENV) python -m qt_ros.demo $(DEMO_ARGS)
 
 bench: env
-	$(ENV) qt-ros bench act && qt-ros bench train
+	$(ENV) qt-ros bench act && qt-ros bench train && qt-ros bench record && qt-ros bench convert \
+	  && qt-ros bench policy-node
 
 clean:
 	rm -rf build install log .pytest_cache .ruff_cache

@@ -23,7 +23,7 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.60",
         "opencv-python-headless>=4.8",
-        "rosbags>=0.10",
+        "rosbags>=0.11,<0.12",  # the recorder flushes through 0.11 MCAP writer internals
         "mcap>=1.1",
         "mcap-ros2-support>=0.5",
         "zstandard>=0.22",

@@ -1,0 +1,1 @@
+"""Benchmarks: each verb prints one JSON object to stdout."""

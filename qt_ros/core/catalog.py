@@ -1,0 +1,155 @@
+"""The episode catalog: one JSON file listing every episode of a record directory.
+
+``<record_dir>/catalog.json`` maps episode ids to their records (bag, instruction, outcome,
+reward, robot, checkpoint, times, status, label history). It is only ever replaced atomically
+(written to a temporary file, synced, renamed), under a lock, so a crash or a full disk leaves the
+previous catalog intact, never a half-written one. The bags stay the source of truth; the catalog
+is the index a person or the converter reads first.
+
+Episode ``status``: ``recording`` (bag open), ``complete`` (bag closed), ``incomplete`` (the
+recorder died before closing the bag; ``qt-ros repair`` fixes it), ``repaired``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+CATALOG_FILE = "catalog.json"
+FORMAT = "qt_ros-episode-catalog"
+VERSION = 1
+OUTCOMES = ("success", "failure", "aborted", "unknown")
+
+
+class CatalogError(Exception):
+    """The catalog cannot be read or written; the text says which file and what to do."""
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically: readers see the old or the new file, never a mix.
+
+    On any error (a full disk included) the temporary file is removed and the old file is left
+    untouched.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp creates 0600 files; keep the mode of the file replaced, else rw-r--r--
+        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # persist the rename itself
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def reward_for(outcome: str, reward: float | None = None) -> float:
+    """The episode's final reward: ``reward`` if given (>= 0), else 1 for success, else 0."""
+    if reward is not None and reward >= 0:
+        return float(reward)
+    return 1.0 if outcome == "success" else 0.0
+
+
+def iso_time(ns: int) -> str:
+    """Nanoseconds since the epoch -> ISO 8601 UTC text (for people reading the catalog)."""
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+class EpisodeCatalog:
+    """Read and update ``<record_dir>/catalog.json``; every update is locked and atomic."""
+
+    def __init__(self, record_dir: str | Path) -> None:
+        self.record_dir = Path(record_dir)
+        self.path = self.record_dir / CATALOG_FILE
+
+    def episodes(self) -> dict[str, dict[str, Any]]:
+        """All episode records by id, in recording order (an empty dict if there is no catalog)."""
+        if not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CatalogError(f"episode catalog {self.path} is unreadable ({exc}); it is never "
+                               f"written in place, so this is outside damage: restore it from a "
+                               f"backup or move it away (the bags hold the same metadata)") from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise CatalogError(f"{self.path} is not a qt_ros episode catalog")
+        return dict(data.get("episodes", {}))
+
+    def get(self, episode_id: str) -> dict[str, Any] | None:
+        return self.episodes().get(episode_id)
+
+    def update(self, episode_id: str, /, **fields: Any) -> dict[str, Any]:
+        """Create or update one episode's record; returns the new record."""
+        with self._locked():
+            episodes = self.episodes()
+            record = dict(episodes.get(episode_id, {"episode_id": episode_id}))
+            record.update(fields)
+            episodes[episode_id] = record
+            self._write(episodes)
+        return record
+
+    def add_label(self, episode_id: str, outcome: str, reward: float, time_ns: int, /,
+                  **fields: Any) -> dict[str, Any]:
+        """Set an episode's outcome and reward, keeping the previous labels in ``labels``."""
+        with self._locked():
+            episodes = self.episodes()
+            if episode_id not in episodes:
+                raise CatalogError(f"episode '{episode_id}' is not in {self.path}")
+            record = dict(episodes[episode_id])
+            labels = list(record.get("labels", []))
+            labels.append({"outcome": outcome, "reward": reward, "time": iso_time(time_ns)})
+            record.update(outcome=outcome, reward=reward, labels=labels, **fields)
+            episodes[episode_id] = record
+            self._write(episodes)
+        return record
+
+    def mark_interrupted(self, active: set[str] | None = None) -> list[str]:
+        """Episodes left ``recording`` by a recorder that died -> ``incomplete``; returns ids."""
+        active = active or set()
+        with self._locked():
+            episodes = self.episodes()
+            stale = [k for k, r in episodes.items()
+                     if r.get("status") == "recording" and k not in active]
+            for k in stale:
+                episodes[k] = {**episodes[k], "status": "incomplete",
+                               "end_reason": episodes[k].get("end_reason") or "recorder died"}
+            if stale:
+                self._write(episodes)
+        return stale
+
+    def _write(self, episodes: dict[str, dict[str, Any]]) -> None:
+        text = json.dumps({"format": FORMAT, "version": VERSION, "episodes": episodes},
+                          indent=1, sort_keys=False)
+        try:
+            atomic_write_text(self.path, text + "\n")
+        except OSError as exc:
+            raise CatalogError(f"could not write the episode catalog {self.path} ({exc}); the "
+                               f"previous catalog is unchanged") from exc
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.record_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.record_dir / (CATALOG_FILE + ".lock"), "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,379 @@
+"""recorder_node: records every episode into its own rosbag2 (MCAP) bag, with its label.
+
+Subscriptions are ``raw=True``: the serialized CDR bytes go straight to the bag writer of
+:mod:`qt_ros.core.recorder` (no deserialization on the robot, no rosbag2 needed). The node only
+turns ROS callbacks and services into calls of that core and publishes ``episode_events``.
+
+Services: ``~/start_episode`` (StartEpisode), ``~/end_episode`` (EndEpisode),
+``~/label_episode`` (LabelEpisode). Topic: ``episode_events`` (EpisodeEvent, reliable, transient
+local, depth 10). Parameters: see ``config/recorder.yaml``.
+
+An episode also ends on the policy's terminate flag (``PolicyStep.terminate``; outcome
+``unknown``, to be labelled), on ``max_episode_duration`` (``timeout_outcome``), when the disk
+gets below ``min_free_space_mb`` (``aborted``, with an error event) and on shutdown (``aborted``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from pathlib import Path
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from rclpy.serialization import deserialize_message
+from rosbags.typesys import get_types_from_msg
+from std_msgs.msg import String
+
+from qt_ros.core.recorder import (
+    ENDED,
+    ERROR,
+    LABELLED,
+    STARTED,
+    EpisodeRecorder,
+    RecorderConfig,
+    RecorderError,
+    event_fields,
+)
+from qt_ros.msg import EpisodeEvent, PolicyStep
+from qt_ros.srv import EndEpisode, LabelEpisode, StartEpisode
+
+# role -> (default of <role>_topic, default of <role>_type, QoS)
+ROLES: dict[str, tuple[str, str, str]] = {
+    "image": ("image", "sensor_msgs/msg/Image", "sensor_data"),
+    "instruction": ("instruction", "std_msgs/msg/String", "latched"),
+    "arm_command": ("arm_command", "geometry_msgs/msg/TwistStamped", "reliable"),
+    "gripper_command": ("gripper_command", "std_msgs/msg/Float64", "reliable"),
+    "policy_step": ("policy_step", "qt_ros/msg/PolicyStep", "reliable"),
+    "state": ("joint_states", "sensor_msgs/msg/JointState", "sensor_data"),
+}
+# name -> (default, description); the topic parameters come from ROLES
+PARAMETERS: dict[str, tuple] = {
+    "record_dir": ("~/qt_ros_episodes", "directory of the episode bags and catalog.json"),
+    "robot": ("", "robot name, written into each episode's metadata and id"),
+    "checkpoint_id": ("", "policy checkpoint; empty takes PolicyStep.model_id"),
+    "source": ("autonomous", "autonomous | demonstration"),
+    "compression": ("none", "MCAP chunk compression: none | zstd"),
+    "flush_period": (1.0, "s between flushes of the open chunk (bounds what a crash loses)"),
+    "fsync": (False, "fsync after each flush (power-loss safety)"),
+    "min_free_space_mb": (1024.0, "below this free space no episode starts and a running "
+                                  "one ends (aborted) with an error event"),
+    "max_episode_duration": (300.0, "s; a longer episode ends with timeout_outcome (0: never)"),
+    "timeout_outcome": ("failure", "outcome of a timed-out episode"),
+    "end_on_terminate": (True, "end the episode on PolicyStep.terminate (outcome unknown)"),
+    "max_queue_mb": (512.0, "MB of messages waiting for the disk before messages are dropped"),
+    "sensor_qos_depth": (10, "queue depth of the best-effort (sensor data) subscriptions"),
+}
+QOS_NAMES = ("sensor_data", "reliable", "latched")
+FIXED_TYPES = ("instruction", "policy_step")  # roles whose type has no parameter
+
+
+class RecorderNode(Node):
+    """Thin ROS shell around :class:`qt_ros.core.recorder.EpisodeRecorder`."""
+
+    def __init__(self) -> None:
+        super().__init__("recorder")
+        p = self._declare_parameters()
+        config = RecorderConfig(
+            record_dir=Path(p["record_dir"]).expanduser(), robot=p["robot"],
+            checkpoint=p["checkpoint_id"], source=p["source"], compression=p["compression"],
+            flush_period=p["flush_period"], fsync=p["fsync"],
+            min_free_space_mb=p["min_free_space_mb"],
+            max_episode_duration=p["max_episode_duration"],
+            timeout_outcome=p["timeout_outcome"], max_queue_mb=p["max_queue_mb"],
+            events_topic=self._resolve("episode_events"))
+        self.recorder = EpisodeRecorder(config)
+        self.end_on_terminate = p["end_on_terminate"]
+        self._sensor_depth = p["sensor_qos_depth"]
+        stale = self.recorder.recover()
+        if stale:
+            self.get_logger().warning(
+                f"{len(stale)} episode(s) left recording by a previous run are marked incomplete "
+                f"(`qt-ros repair` completes their bags): {', '.join(stale)}")
+
+        latched = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
+                             reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.events = self.create_publisher(EpisodeEvent, "episode_events", latched)
+        self._subs = []
+        self._policy_topic = self._instruction_topic = ""
+        for role, (_, default_type, qos) in ROLES.items():
+            topic = p[f"{role}_topic"]
+            msgtype = p.get(f"{role}_type", default_type)
+            if topic:
+                self._subscribe(topic, msgtype, qos, role)
+        for spec in p["extra_topics"]:
+            if spec.strip():
+                self._subscribe(*_parse_extra(spec), role="")
+
+        self.create_service(StartEpisode, "~/start_episode", self._on_start)
+        self.create_service(EndEpisode, "~/end_episode", self._on_end)
+        self.create_service(LabelEpisode, "~/label_episode", self._on_label)
+        self.create_timer(0.1, self._on_timer)
+        self.get_logger().info(
+            f"recording into {self.recorder.record_dir}: "
+            + ", ".join(s.topic_name for s in self._subs))
+
+    # -- parameters and subscriptions ---------------------------------------------------------
+
+    def _declare_parameters(self) -> dict:
+        """Declare every parameter (config/recorder.yaml documents them) and read them."""
+        values = {}
+        for name, (default, description) in PARAMETERS.items():
+            values[name] = self.declare_parameter(
+                name, default, ParameterDescriptor(description=description)).value
+        for role, (topic, msgtype, qos) in ROLES.items():
+            values[f"{role}_topic"] = self.declare_parameter(
+                f"{role}_topic", topic, ParameterDescriptor(
+                    description=f"{role} topic ({qos} QoS); empty: not recorded")).value
+            if role not in FIXED_TYPES:
+                values[f"{role}_type"] = self.declare_parameter(
+                    f"{role}_type", msgtype, ParameterDescriptor(
+                        description=f"message type of {role}_topic, e.g. {msgtype}")).value
+        self.declare_parameter("extra_topics", Parameter.Type.STRING_ARRAY, ParameterDescriptor(
+            description="more topics to record, each 'TOPIC:TYPE[:QOS]', QOS sensor_data | "
+                        "reliable | latched"))
+        try:
+            values["extra_topics"] = list(self.get_parameter("extra_topics").value or [])
+        except ParameterUninitializedException:
+            values["extra_topics"] = []
+        return values
+
+    def _resolve(self, name: str) -> str:
+        if name.startswith("/"):
+            return name
+        ns = self.get_namespace().rstrip("/")
+        return f"{ns}/{name}"
+
+    def _subscribe(self, topic: str, msgtype: str, qos: str, role: str) -> None:
+        cls = _message_class(msgtype)
+        profile = {"sensor_data": QoSProfile(depth=self._sensor_depth,
+                                             history=HistoryPolicy.KEEP_LAST,
+                                             reliability=qos_profile_sensor_data.reliability,
+                                             durability=qos_profile_sensor_data.durability),
+                   "reliable": QoSProfile(depth=50, history=HistoryPolicy.KEEP_LAST,
+                                          reliability=ReliabilityPolicy.RELIABLE),
+                   "latched": QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
+                                         reliability=ReliabilityPolicy.RELIABLE,
+                                         durability=DurabilityPolicy.TRANSIENT_LOCAL)}[qos]
+        name = self._resolve(topic)
+        msgdef = rihs01 = None
+        if msgtype not in self.recorder.typestore.fielddefs:
+            msgdef, rihs01 = _definition_from_class(self.recorder.typestore, cls, msgtype)
+        self.recorder.add_topic(name, msgtype, role=role, msgdef=msgdef, rihs01=rihs01,
+                                latched=qos == "latched")
+        if role == "instruction":
+            self._instruction_topic = name
+        if role == "policy_step":
+            self._policy_topic = name
+            callback = self._on_policy_step
+        else:
+            def callback(data: bytes, topic: str = name) -> None:
+                self.recorder.write(topic, self._now(), data)
+        self._subs.append(self.create_subscription(cls, name, callback, profile, raw=True))
+
+    # -- callbacks ----------------------------------------------------------------------------
+
+    def _now(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _on_policy_step(self, data: bytes) -> None:
+        self.recorder.write(self._policy_topic, self._now(), data)
+        if self.recorder.active_id is None:
+            return
+        step = deserialize_message(data, PolicyStep)
+        self.recorder.note_checkpoint(step.model_id)
+        if self.end_on_terminate and step.terminate and (
+                not step.episode_id or step.episode_id == self.recorder.active_id):
+            self._end("unknown", -1.0, "policy terminate")
+
+    def _on_timer(self) -> None:
+        due = self.recorder.poll(self._now())
+        if due is not None:
+            outcome, reason = due
+            if outcome == "aborted":  # a disk or write failure, not a timeout
+                self.get_logger().error(reason)
+                self._publish(ERROR, self.recorder.active_record or {}, reason)
+            self._end(outcome, -1.0, reason)
+
+    def _on_start(self, request, response):
+        try:
+            record = self.recorder.start(request.instruction or self._latest_instruction(),
+                                         request.episode_id, self._now())
+        except RecorderError as exc:
+            response.success, response.message = False, str(exc)
+            self.get_logger().error(str(exc))
+            self._publish(ERROR, {"episode_id": request.episode_id,
+                                  "instruction": request.instruction}, str(exc))
+            return response
+        response.success = True
+        response.episode_id = record["episode_id"]
+        response.bag_path = str(self.recorder.record_dir / record["bag"])
+        response.message = f"recording episode {record['episode_id']}"
+        self.get_logger().info(f"{response.message}: '{record['instruction']}'")
+        self._publish(STARTED, record, "started")
+        return response
+
+    def _on_end(self, request, response):
+        try:
+            record, message = self.recorder.end(request.episode_id, request.outcome,
+                                                request.reward, "end_episode", self._now())
+        except RecorderError as exc:
+            response.success, response.message = False, str(exc)
+            return response
+        response.success, response.message = True, message
+        response.bag_path = str(self.recorder.record_dir / record["bag"])
+        self._announce_end(record, message)
+        return response
+
+    def _on_label(self, request, response):
+        try:
+            record = self.recorder.label(request.episode_id, request.outcome, request.reward,
+                                         self._now())
+        except RecorderError as exc:
+            response.success, response.message = False, str(exc)
+            return response
+        response.success = True
+        response.message = (f"episode {request.episode_id} labelled {record['outcome']} "
+                            f"(reward {record['reward']:g})")
+        self.get_logger().info(response.message)
+        self._publish(LABELLED, record, response.message)
+        return response
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _end(self, outcome: str, reward: float, reason: str) -> dict | None:
+        try:
+            record, message = self.recorder.end("", outcome, reward, reason, self._now())
+        except RecorderError as exc:
+            self.get_logger().error(str(exc))
+            return None
+        self._announce_end(record, message)
+        return record
+
+    def _announce_end(self, record: dict, message: str) -> None:
+        if "error" in record:
+            self.get_logger().error(record["error"])
+            self._publish(ERROR, record, record["error"])
+        self.get_logger().info(message)
+        self._publish(ENDED, record, record.get("end_reason", message))
+
+    def _publish(self, kind: int, record: dict, message: str) -> None:
+        fields = event_fields(kind, record, message, str(self.recorder.record_dir))
+        msg = EpisodeEvent(**fields)
+        now = self.get_clock().now().to_msg()
+        msg.header.stamp = now
+        msg.stamp = now
+        self.events.publish(msg)
+
+    def _latest_instruction(self) -> str:
+        data = self.recorder.latched(self._instruction_topic) if self._instruction_topic else None
+        return deserialize_message(data, String).data if data else ""
+
+    def shutdown_episode(self) -> None:
+        """End a running episode as aborted (after rclpy shut down: no event, log to stderr)."""
+        record = self.recorder.shutdown()
+        if record is not None:
+            # rosout is gone once the context is shut down
+            print(f"[recorder] episode {record['episode_id']} ended by shutdown (outcome "
+                  f"aborted), bag {self.recorder.record_dir / record['bag']}", file=sys.stderr)
+
+
+def _parse_extra(spec: str) -> tuple[str, str, str]:
+    """"TOPIC:TYPE[:QOS]" -> (topic, type, qos)."""
+    parts = spec.strip().split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise ValueError(f"extra_topics entry '{spec}' is not 'TOPIC:TYPE[:QOS]' "
+                         f"(e.g. '/tf:tf2_msgs/msg/TFMessage:reliable')")
+    qos = parts[2] if len(parts) == 3 else "reliable"
+    if qos not in QOS_NAMES:
+        raise ValueError(f"extra_topics entry '{spec}': QoS '{qos}' is not one of {QOS_NAMES}")
+    return parts[0], parts[1], qos
+
+
+def _message_class(msgtype: str):
+    """'pkg/msg/Type' (or 'pkg/Type') -> the rclpy message class."""
+    parts = msgtype.split("/")
+    if len(parts) == 2:
+        parts = [parts[0], "msg", parts[1]]
+    if len(parts) != 3:
+        raise ValueError(f"message type '{msgtype}' is not 'package/msg/Type'")
+    try:
+        return getattr(importlib.import_module(f"{parts[0]}.{parts[1]}"), parts[2])
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"message type '{msgtype}' is not installed ({exc}); install its "
+                         f"interface package or fix the *_type / extra_topics parameter") from exc
+
+
+_IDL_TO_MSG = {"boolean": "bool", "octet": "byte", "double": "float64", "float": "float32",
+               "long double": "float64"}
+
+
+def _definition_from_class(store, cls, msgtype: str) -> tuple[str, str]:
+    """Register an rclpy message type the typestore lacks (and its nested types); returns the
+    (msgdef, RIHS01 hash) the bag needs for it."""
+
+    def field_type(idl: str) -> tuple[str, type | None]:
+        m = re.fullmatch(r"sequence<(.+?)(?:, (\d+))?>", idl)
+        if m:
+            inner, nested = field_type(m.group(1))
+            return inner + (f"[<={m.group(2)}]" if m.group(2) else "[]"), nested
+        m = re.fullmatch(r"(.+)\[(\d+)\]", idl)
+        if m:
+            inner, nested = field_type(m.group(1))
+            return f"{inner}[{m.group(2)}]", nested
+        if "/" in idl:
+            pkg, name = idl.split("/")
+            return f"{pkg}/{name}", _message_class(f"{pkg}/msg/{name}")
+        return _IDL_TO_MSG.get(idl, idl), None
+
+    def register(c, name: str) -> None:
+        if name in store.fielddefs:
+            return
+        lines = []
+        for field, idl in c.get_fields_and_field_types().items():
+            ftype, nested = field_type(idl)
+            if nested is not None:
+                register(nested, f"{nested.__module__.split('.')[0]}/msg/{nested.__name__}")
+            lines.append(f"{ftype} {field}")
+        store.register(get_types_from_msg("\n".join(lines) + "\n", name))
+
+    register(cls, msgtype)
+    msgdef, _ = store.generate_msgdef(msgtype, ros_version=2)
+    return msgdef, store.hash_rihs01(msgtype)
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = RecorderNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ValueError, RecorderError) as exc:
+        print(f"recorder_node: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.shutdown_episode()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

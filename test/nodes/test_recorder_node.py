@@ -1,0 +1,286 @@
+"""recorder_node in a real process: episodes in, bags and a dataset out.
+
+The test process publishes (camera, instruction, policy steps, arm and gripper commands) and
+calls the services through a probe node; the recorder runs in its own process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from geometry_msgs.msg import PoseArray, TwistStamped
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
+from policy_node_support import EVENTS, RELIABLE, Probe
+from rosbags.highlevel import AnyReader
+from rosbags.typesys import Stores, get_typestore
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Float64
+
+from qt_ros.core.bags import BagReader
+from qt_ros.core.catalog import EpisodeCatalog
+from qt_ros.core.dataset_store import DatasetStore
+from qt_ros.core.tokenizer import ActionTokenizer
+from qt_ros.msg import EpisodeEvent, PolicyStep
+from qt_ros.nodes.recorder_node import _definition_from_class
+from qt_ros.srv import EndEpisode, LabelEpisode, StartEpisode
+
+from conftest import REPO, python_args, wait_for
+
+pytestmark = pytest.mark.ros
+TOK = ActionTokenizer()
+
+
+def recorder_args(record_dir: Path, **params) -> list[str]:
+    args = python_args("-m", "qt_ros.nodes.recorder_node", "--ros-args",
+                       "-p", f"record_dir:={record_dir}", "-p", "robot:=testbot")
+    for name, value in params.items():
+        args += ["-p", f"{name}:={value}"]
+    return args
+
+
+def colour(k: int) -> tuple[int, int, int]:
+    return (k * 17) % 256, (k * 41 + 3) % 256, (255 - k * 9) % 256
+
+
+class Robot:
+    """The test process's publishers: what a camera and the policy node would publish."""
+
+    def __init__(self, probe: Probe):
+        self.probe = probe
+        self.image = probe.publisher(Image, "image", RELIABLE)
+        self.step = probe.publisher(PolicyStep, "policy_step", RELIABLE)
+        self.arm = probe.publisher(TwistStamped, "arm_command", RELIABLE)
+        self.gripper = probe.publisher(Float64, "gripper_command", RELIABLE)
+        self.events = probe.collect(EpisodeEvent, "episode_events", EVENTS)
+
+    def wait_matched(self, recorder) -> None:
+        pubs = (self.image, self.step, self.arm, self.gripper)
+
+        def matched():
+            assert recorder.alive(), recorder.output()
+            return all(p.get_subscription_count() > 0 for p in pubs)
+        wait_for(matched, 60, what="the recorder to subscribe")
+
+    def publish_step(self, k: int, bins: np.ndarray, episode_id: str, terminate=False) -> None:
+        img = Image(height=6, width=8, encoding="rgb8", step=24)
+        img.header.frame_id = "camera"
+        img.data = bytes(np.broadcast_to(np.asarray(colour(k), np.uint8), (6, 8, 3)).tobytes())
+        self.image.publish(img)
+        wait_short()
+        msg = PolicyStep(episode_id=episode_id, instruction="stack the blocks",
+                         action_bins=[int(b) for b in bins],
+                         action=[float(v) for v in TOK.decode(bins)],
+                         dimension_names=TOK.names, q_values=[0.5] * TOK.num_dims,
+                         terminate=terminate, model_id="ckpt-7")
+        self.step.publish(msg)
+        arm = TwistStamped()
+        arm.twist.linear.x = float(k)
+        self.arm.publish(arm)
+        self.gripper.publish(Float64(data=float(k % 2)))
+
+    def event_kinds(self, episode_id: str) -> list[tuple[int, str, str]]:
+        return [(e.event, e.outcome, e.message) for _, e in list(self.events)
+                if e.episode_id == episode_id]
+
+
+def wait_short(seconds: float = 0.02) -> None:
+    import time
+    time.sleep(seconds)
+
+
+@pytest.fixture
+def probe(ros_env, monkeypatch):
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    p = Probe(int(ros_env["ROS_DOMAIN_ID"]))
+    yield p
+    p.close()
+
+
+def convert(bags: Path, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "qt_ros.cli", "convert", str(bags), "--out",
+                           str(out), "--gamma", "0.9", "--image-size", "6x8", "--quiet"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_round_trip_publish_record_label_convert(spawn, probe, tmp_path):
+    record_dir = tmp_path / "episodes"
+    recorder = spawn(recorder_args(record_dir, flush_period=0.2), name="recorder")
+    robot = Robot(probe)
+    probe.instruction("stack the blocks")  # latched: the episode takes it
+    robot.wait_matched(recorder)
+    wait_short(0.5)  # the latched instruction reaches the recorder
+    start = probe.call(StartEpisode, "/recorder/start_episode", StartEpisode.Request(),
+                       timeout=30)
+    assert start.success, start.message
+    episode = start.episode_id
+    rng = np.random.default_rng(3)
+    bins = np.stack([rng.integers(0, b, size=12) for b in TOK.bins], axis=1)
+    bins[:, -1] = 0
+    for k in range(12):
+        robot.publish_step(k, bins[k], episode)
+        wait_short(0.06)
+    wait_short(0.5)
+    end = probe.call(EndEpisode, "/recorder/end_episode", EndEpisode.Request(outcome="unknown"))
+    assert end.success and end.bag_path == str(record_dir / episode), end.message
+    label = probe.call(LabelEpisode, "/recorder/label_episode",
+                       LabelEpisode.Request(episode_id=episode, outcome="success"))
+    assert label.success, label.message
+    wait_for(lambda: len(robot.event_kinds(episode)) == 3, 10, what="three episode events")
+    kinds = robot.event_kinds(episode)
+    assert [k[0] for k in kinds] == [EpisodeEvent.STARTED, EpisodeEvent.ENDED,
+                                     EpisodeEvent.LABELLED]
+    assert kinds[2][1] == "success"
+
+    bag_dir = Path(end.bag_path)
+    # rosbags, knowing nothing of qt_ros types, learns them from the bag
+    with AnyReader([bag_dir], default_typestore=get_typestore(Stores.EMPTY)) as reader:
+        by_topic: dict[str, list] = {}
+        for conn, _, raw in reader.messages():
+            by_topic.setdefault(conn.topic, []).append(reader.deserialize(raw, conn.msgtype))
+    assert [tuple(m.data[:3]) for m in by_topic["/image"]] == [colour(k) for k in range(12)]
+    assert [list(m.action_bins) for m in by_topic["/policy_step"]] == bins.tolist()
+    assert [m.twist.linear.x for m in by_topic["/arm_command"]] == [float(k) for k in range(12)]
+    assert [m.data for m in by_topic["/gripper_command"]] == [float(k % 2) for k in range(12)]
+    assert [m.data for m in by_topic["/instruction"]] == ["stack the blocks"]
+    assert [m.event for m in by_topic["/episode_events"]] == [0, 1]
+    # the mcap library decodes the same file on its own
+    with open(next(bag_dir.glob("*.mcap")), "rb") as f:
+        decoded = [m for _, c, _, m in make_reader(
+            f, decoder_factories=[DecoderFactory()]).iter_decoded_messages(
+                topics=["/policy_step"])]
+    assert [list(m.action_bins) for m in decoded] == bins.tolist()
+    with BagReader.open(bag_dir) as bag:
+        meta = bag.episode
+    assert meta["outcome"] == "success" and meta["reward"] == 1.0  # label after the end
+    assert meta["instruction"] == "stack the blocks" and meta["robot"] == "testbot"
+    assert meta["checkpoint"] == "ckpt-7"
+    assert EpisodeCatalog(record_dir).get(episode)["outcome"] == "success"
+
+    result = convert(record_dir, tmp_path / "dataset")
+    assert result.returncode == 0, result.stdout + result.stderr
+    store = DatasetStore(tmp_path / "dataset")
+    assert [e["episode_id"] for e in store.episodes] == [episode]
+    np.testing.assert_array_equal(store.episode_field(0, "action_bins"), bins)
+    frames = np.asarray(store.episode_field(0, "frames"))
+    assert [tuple(f[0, 0]) for f in frames] == [colour(k) for k in range(12)]
+    reward = np.zeros(12, np.float32)
+    reward[-1] = 1.0
+    np.testing.assert_array_equal(store.episode_field(0, "reward"), reward)
+    np.testing.assert_array_equal(store.episode_field(0, "done"), reward.astype(np.uint8))
+    np.testing.assert_allclose(store.episode_field(0, "mc_return"), 0.9 ** np.arange(12)[::-1],
+                               rtol=1e-6)
+    assert store.instructions == ["stack the blocks"]
+
+
+def test_sigkill_mid_episode_keeps_flushed_data(spawn, probe, tmp_path):
+    record_dir = tmp_path / "episodes"
+    recorder = spawn(recorder_args(record_dir, flush_period=0.2), name="recorder")
+    robot = Robot(probe)
+    robot.wait_matched(recorder)
+    start = probe.call(StartEpisode, "/recorder/start_episode",
+                       StartEpisode.Request(instruction="wipe", episode_id="doomed"), timeout=30)
+    assert start.success, start.message
+    for k in range(10):
+        robot.publish_step(k, np.zeros(TOK.num_dims, np.int64), "doomed")
+        wait_short(0.05)
+    wait_short(1.0)  # several flush periods
+    recorder.send_signal(signal.SIGKILL)
+    wait_for(lambda: not recorder.alive(), 10, what="the recorder to die")
+
+    bag_dir = record_dir / "doomed"
+    assert not (bag_dir / "metadata.yaml").exists()
+    catalog = json.loads((record_dir / "catalog.json").read_text())
+    assert catalog["episodes"]["doomed"]["status"] == "recording"
+    with BagReader.open(bag_dir) as bag:
+        assert not bag.complete
+        assert bag.topics["/image"].count == 10 and bag.topics["/policy_step"].count == 10
+    result = convert(record_dir, tmp_path / "dataset")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "incomplete bag" in result.stdout
+    store = DatasetStore(tmp_path / "dataset")
+    assert store.episodes[0]["length"] == 10 and store.episodes[0]["incomplete"]
+    assert store.instructions == ["wipe"]
+
+    # a new recorder marks the episode incomplete; repair makes the bag complete
+    recorder = spawn(recorder_args(record_dir), name="recorder2")
+    wait_for(lambda: EpisodeCatalog(record_dir).get("doomed")["status"] == "incomplete", 60,
+             what="the restarted recorder to mark the episode")
+    repair = subprocess.run(
+        [sys.executable, "-m", "qt_ros.cli", "repair", str(bag_dir)], cwd=REPO,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO),
+                                                          os.environ.get("PYTHONPATH", "")])},
+        capture_output=True, text=True, timeout=60)
+    assert repair.returncode == 0 and "repaired" in repair.stdout, repair.stdout + repair.stderr
+    with AnyReader([bag_dir]) as reader:
+        assert sum(1 for c, _, _ in reader.messages() if c.topic == "/image") == 10
+
+
+def test_terminate_timeout_and_shutdown_end_episodes(spawn, probe, tmp_path):
+    record_dir = tmp_path / "episodes"
+    recorder = spawn(recorder_args(record_dir, max_episode_duration=1.5), name="recorder")
+    robot = Robot(probe)
+    robot.wait_matched(recorder)
+
+    def start(name: str) -> str:
+        response = probe.call(StartEpisode, "/recorder/start_episode",
+                              StartEpisode.Request(instruction="go", episode_id=name), timeout=30)
+        assert response.success, response.message
+        return response.episode_id
+
+    # the policy's terminate flag ends it; the policy's own end call then labels it
+    start("terminated")
+    robot.publish_step(0, np.zeros(TOK.num_dims, np.int64), "terminated", terminate=True)
+    wait_for(lambda: any(k[0] == EpisodeEvent.ENDED for k in robot.event_kinds("terminated")),
+             10, what="the end on terminate")
+    assert robot.event_kinds("terminated")[-1][2] == "policy terminate"
+    late = probe.call(EndEpisode, "/recorder/end_episode",
+                      EndEpisode.Request(episode_id="terminated", outcome="success"))
+    assert late.success and "already ended" in late.message, late.message
+    assert EpisodeCatalog(record_dir).get("terminated")["outcome"] == "success"
+
+    # max_episode_duration ends it as timeout_outcome (failure)
+    start("slow")
+    wait_for(lambda: any(k[0] == EpisodeEvent.ENDED for k in robot.event_kinds("slow")), 10,
+             what="the timeout")
+    ended = [k for k in robot.event_kinds("slow") if k[0] == EpisodeEvent.ENDED][0]
+    assert ended[1] == "failure" and "timeout" in ended[2]
+
+    # shutdown ends it as aborted, with a complete bag
+    start("interrupted")
+    assert recorder.stop(signal.SIGINT) == 0, recorder.output()
+    record = EpisodeCatalog(record_dir).get("interrupted")
+    assert record["outcome"] == "aborted" and record["status"] == "complete"
+    assert record["end_reason"] == "recorder shutdown"
+    assert (record_dir / "interrupted" / "metadata.yaml").exists()
+
+
+def test_low_disk_space_refuses_to_start_with_an_error_event(spawn, probe, tmp_path):
+    recorder = spawn(recorder_args(tmp_path / "episodes", min_free_space_mb=1e12),
+                     name="recorder")
+    events = probe.collect(EpisodeEvent, "episode_events", EVENTS)
+    response = probe.call(StartEpisode, "/recorder/start_episode",
+                          StartEpisode.Request(instruction="x"), timeout=60)
+    assert not response.success and "min_free_space_mb" in response.message
+    wait_for(lambda: any(e.event == EpisodeEvent.ERROR for _, e in list(events)), 10,
+             what="an error event")
+    assert recorder.alive()
+
+
+@pytest.mark.parametrize("cls,name", [(PoseArray, "geometry_msgs/msg/PoseArray"),
+                                      (CameraInfo, "sensor_msgs/msg/CameraInfo")])
+def test_definitions_generated_from_rclpy_classes_match_ros(cls, name):
+    """Extra topics of types rosbags does not know get their definition from the rclpy class."""
+    store = get_typestore(Stores.EMPTY)
+    msgdef, rihs01 = _definition_from_class(store, cls, name)
+    assert rihs01 == get_typestore(Stores.ROS2_KILTED).hash_rihs01(name)
+    assert msgdef.startswith("std_msgs/Header header\n")
