@@ -1,0 +1,199 @@
+"""Scripted demonstrations for the simulated robot, sent as a teleoperator would send them.
+
+A node named ``demonstrator`` around :class:`qt_ros.core.demonstrator.ScriptedDemonstrator`.
+It reads the simulator's privileged state (``sim_robot/state``, std_msgs/Float64MultiArray,
+see :data:`qt_ros.core.sim.STATE_NAMES`) and answers every state with the commands the policy
+node would send: ``arm_command`` (geometry_msgs/TwistStamped, the delta divided by the control
+period) and ``gripper_command`` (std_msgs/Float64, 0 open .. 1 closed). The recorder records
+these like any teleoperated demonstration (``qt-ros convert --mapping``).
+
+Disabled at start: ``~/enable`` (std_srvs/SetBool) true starts an episode (the demonstrator
+draws this episode's noise and mistake from ``seed`` + the number of episodes so far), false
+stops it with a hold command. When the script decides the episode is over it sends a hold
+command (zero twist), disables itself and asks the recorder to end the episode
+(``recorder/end_episode``, outcome ``unknown``: the simulator's success detector labels it).
+
+Run: ``python -m qt_ros.nodes.demonstrator_node --ros-args -p task:=lift -p noise:=0.002``.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import TwistStamped
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from std_msgs.msg import Float64, Float64MultiArray
+from std_srvs.srv import SetBool
+
+from qt_ros.core.demonstrator import DemonstratorConfig, ScriptedDemonstrator
+from qt_ros.core.sim import TASKS, SimConfig, SimState
+from qt_ros.msg import EpisodeEvent
+from qt_ros.srv import EndEpisode
+
+NODE_NAME = "demonstrator"
+COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=ReliabilityPolicy.RELIABLE)
+STATE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                       reliability=ReliabilityPolicy.RELIABLE)
+EVENTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+PARAMETERS: dict[str, tuple[object, str]] = {
+    "task": ("lift", f"the simulator's task: {', '.join(TASKS)}"),
+    "control_rate": (10.0, "the simulator's control rate (Hz): twist = delta * rate"),
+    "seed": (0, "seed of the first episode's noise and mistake; episode k uses seed + k"),
+    "noise": (0.0, "standard deviation of the noise added to x y z deltas (m per step)"),
+    "failure_rate": (0.0, "probability of one scripted mistake per episode (0..1)"),
+    "max_step": (0.02, "largest x y z delta per step (m)"),
+    "quantum": (0.005, "x y z deltas are multiples of this (m; 0: continuous)"),
+    "start_enabled": (False, "start the first episode without a call to ~/enable"),
+    "end_episode_on_terminate": (True, "when the script is done, call recorder/end_episode"),
+    "frame_id": ("base_link", "frame_id of the twist commands"),
+}
+
+
+class DemonstratorNode(Node):
+    """The ``demonstrator`` node (see the module docstring)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        p = {name: self.declare_parameter(name, default, ParameterDescriptor(
+            description=description)).value for name, (default, description) in
+            PARAMETERS.items()}
+        self.rate = float(p["control_rate"])
+        if not self.rate > 0:
+            raise ValueError(f"control_rate must be > 0 Hz, got {self.rate}")
+        self.script = ScriptedDemonstrator(
+            SimConfig(task=str(p["task"]), control_period=1.0 / self.rate),
+            DemonstratorConfig(max_step=float(p["max_step"]), noise=float(p["noise"]),
+                               failure_rate=float(p["failure_rate"]),
+                               quantum=float(p["quantum"])))
+        self.seed = int(p["seed"])
+        self.episodes = 0
+        self.frame_id = str(p["frame_id"])
+        self.end_on_terminate = bool(p["end_episode_on_terminate"])
+        self._gripper = 0.0
+        self._episode_id = ""
+        self.enabled = False
+        self.arm_pub = self.create_publisher(TwistStamped, "arm_command", COMMAND_QOS)
+        self.gripper_pub = self.create_publisher(Float64, "gripper_command", COMMAND_QOS)
+        self.create_subscription(Float64MultiArray, "sim_robot/state", self._on_state, STATE_QOS)
+        self.create_subscription(EpisodeEvent, "episode_events", self._on_event, EVENTS_QOS)
+        self.create_service(SetBool, "~/enable", self._on_enable)
+        self._end_client = self.create_client(EndEpisode, "recorder/end_episode")
+        if p["start_enabled"]:
+            self._start()
+        self.get_logger().info(
+            f"task '{self.script.sim_config.task}', noise {self.script.config.noise:g} m, "
+            f"failure rate {self.script.config.failure_rate:g}; "
+            + ("enabled" if self.enabled else "disabled until a call to ~/enable"))
+
+    def _start(self) -> None:
+        self.script.reset(self.seed + self.episodes)
+        self.episodes += 1
+        self.enabled = True
+        mistake = f" (scripted mistake: {self.script.mistake})" if self.script.mistake else ""
+        self.get_logger().info(f"demonstration {self.episodes} started{mistake}")
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response):
+        if request.data and not self.enabled:
+            self._start()
+        elif not request.data and self.enabled:
+            self.enabled = False
+            self._hold()
+            self.get_logger().info("disabled by ~/enable")
+        response.success = True
+        response.message = "enabled" if self.enabled else "disabled"
+        return response
+
+    def _on_event(self, msg: EpisodeEvent) -> None:
+        if msg.event == EpisodeEvent.STARTED:
+            self._episode_id = msg.episode_id
+        elif msg.event == EpisodeEvent.ENDED and msg.episode_id == self._episode_id:
+            self._episode_id = ""
+
+    def _on_state(self, msg: Float64MultiArray) -> None:
+        if not self.enabled:
+            return
+        try:
+            state = SimState.from_vector(msg.data)
+        except ValueError as exc:
+            self.get_logger().error(f"bad message on sim_robot/state: {exc}")
+            return
+        action = self.script.act(state)
+        if action[7] > 0.5:
+            self._hold()
+            self.enabled = False
+            self.get_logger().info(f"demonstration {self.episodes} done after "
+                                   f"{state.time:.1f} s of simulated time")
+            if self.end_on_terminate:
+                self._end_episode()
+            return
+        self._publish(action[:3] * self.rate, float(action[6]))
+
+    def _publish(self, velocity: np.ndarray, gripper: float) -> None:
+        twist = TwistStamped()
+        twist.header.stamp = self.get_clock().now().to_msg()
+        twist.header.frame_id = self.frame_id
+        twist.twist.linear.x, twist.twist.linear.y, twist.twist.linear.z = \
+            (float(v) for v in velocity)
+        self.arm_pub.publish(twist)
+        self._gripper = gripper
+        self.gripper_pub.publish(Float64(data=gripper))
+
+    def _hold(self) -> None:
+        self._publish(np.zeros(3), self._gripper)
+
+    def _end_episode(self) -> None:
+        if not self._end_client.service_is_ready():
+            self.get_logger().warning(f"{self._end_client.srv_name} is not available: the "
+                                      f"episode was not ended (is the recorder running?)")
+            return
+        future = self._end_client.call_async(
+            EndEpisode.Request(episode_id=self._episode_id, outcome="unknown"))
+        future.add_done_callback(self._on_ended)
+
+    def _on_ended(self, future) -> None:
+        response = future.result()
+        if response is None or not response.success:
+            detail = "no response" if response is None else response.message
+            self.get_logger().warning(f"the recorder did not end the episode: {detail}")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``ros2 run qt_ros demonstrator_node``."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    node = None
+    try:
+        node = DemonstratorNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:
+        print(f"demonstrator_node: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            if node.enabled:
+                node._hold()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

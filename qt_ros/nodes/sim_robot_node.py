@@ -1,0 +1,269 @@
+"""The simulated robot as a ROS 2 node: arm + gripper commands in, camera and state out.
+
+A node named ``sim_robot`` around :class:`qt_ros.core.sim.TabletopSim` (MuJoCo, offscreen). A
+steady timer steps the physics one control period per tick, with the latest commands:
+
+- ``arm_command`` (geometry_msgs/TwistStamped, m/s; the policy node's ``twist`` adapter): the
+  linear part moves the end-effector by ``velocity * period`` per tick (clipped to the
+  tokenizer's 0.05 m per step); the angular part is ignored (the gripper does not rotate).
+  A twist older than ``command_timeout`` counts as zero, like a servo's watchdog.
+- ``gripper_command`` (std_msgs/Float64, 0 open .. 1 closed; the ``float64`` gripper adapter),
+  held until the next one.
+
+Every tick publishes ``joint_states`` (sensor_msgs/JointState: ee_x ee_y ee_z finger_left
+finger_right, metres), ``task_success`` (std_msgs/Bool, the task's success detector) and
+``~/state`` (std_msgs/Float64MultiArray: the privileged state, in the order of
+``qt_ros.core.sim.STATE_NAMES``, for the scripted demonstrator). ``image`` (sensor_msgs/Image
+rgb8) is rendered at ``camera_rate``. The task's instruction goes out once on ``instruction``
+(std_msgs/String, reliable + transient local) unless ``publish_instruction`` is false.
+
+``~/reset`` (std_srvs/Trigger) starts a new episode: block, goal and gripper drawn from seed
+``seed + number of resets so far``, commands forgotten, gripper open. With ``label_episodes``
+(default), an episode the recorder ends without an outcome (``episode_events`` ENDED, outcome
+``unknown``: the policy's or demonstrator's terminate, or an ``end_episode`` call) is labelled
+``success`` or ``failure`` by the success detector at that moment, through
+``recorder/label_episode``.
+
+Run: ``ros2 run qt_ros sim_robot_node`` or ``python -m qt_ros.nodes.sim_robot_node --ros-args
+-p task:=lift``; parameters are listed in ``config/sim.yaml``.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import TwistStamped
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float64, Float64MultiArray, MultiArrayDimension, String
+from std_srvs.srv import Trigger
+
+from qt_ros.core.images import numpy_to_image
+from qt_ros.core.sim import (
+    JOINT_NAMES,
+    STATE_NAMES,
+    TASKS,
+    SimConfig,
+    SimRenderError,
+    TabletopSim,
+)
+from qt_ros.msg import EpisodeEvent
+from qt_ros.srv import LabelEpisode
+
+NODE_NAME = "sim_robot"
+# A camera driver's QoS: best effort, only the newest frames matter.
+SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                        reliability=ReliabilityPolicy.BEST_EFFORT,
+                        durability=DurabilityPolicy.VOLATILE)
+RELIABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                          reliability=ReliabilityPolicy.RELIABLE)
+COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=ReliabilityPolicy.RELIABLE)
+LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+EVENTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+# name -> (default, description)
+PARAMETERS: dict[str, tuple[object, str]] = {
+    "task": ("lift", f"task: {', '.join(f'{k} ({v!r})' for k, v in TASKS.items())}"),
+    "seed": (0, "seed of the first episode; reset number k uses seed + k"),
+    "control_rate": (10.0, "physics steps of one control period per second (Hz)"),
+    "camera_rate": (0.0, "images per second (Hz); 0: one per control tick"),
+    "image_width": (128, "camera image width (pixels)"),
+    "image_height": (128, "camera image height (pixels)"),
+    "shadows": (False, "render shadows (a height cue; about 3x the render time)"),
+    "command_timeout": (0.5, "a twist older than this (s) counts as zero velocity"),
+    "publish_instruction": (True, "publish the task's instruction on 'instruction' (latched)"),
+    "label_episodes": (True, "label episodes the recorder ends with outcome 'unknown' by the "
+                       "success detector (recorder/label_episode)"),
+    "frame_id": ("camera", "frame_id of the images"),
+}
+
+
+class SimRobotNode(Node):
+    """The ``sim_robot`` node (see the module docstring)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        p = {name: self.declare_parameter(name, default, ParameterDescriptor(
+            description=description)).value for name, (default, description) in
+            PARAMETERS.items()}
+        rate = float(p["control_rate"])
+        camera_rate = float(p["camera_rate"]) or rate
+        if not (math.isfinite(rate) and rate > 0 and math.isfinite(camera_rate)
+                and camera_rate > 0):
+            raise ValueError(f"control_rate and camera_rate must be > 0 Hz, got {rate} and "
+                             f"{camera_rate}")
+        self.period = 1.0 / rate
+        self.sim = TabletopSim(SimConfig(
+            task=str(p["task"]), control_period=self.period, image_width=int(p["image_width"]),
+            image_height=int(p["image_height"]), shadows=bool(p["shadows"])))
+        self.seed = int(p["seed"])
+        self.resets = 0
+        self.command_timeout = float(p["command_timeout"])
+        self.frame_id = str(p["frame_id"])
+        self._twist = np.zeros(3)
+        self._twist_time = -math.inf
+        self._gripper = 0.0
+        self.ticks = 0
+        self.render_time = 0.0
+        self._new_episode()
+        self.sim.render()  # fails here, with the reason, if offscreen rendering does not work
+
+        self.image_pub = self.create_publisher(Image, "image", SENSOR_QOS)
+        self.joint_pub = self.create_publisher(JointState, "joint_states", SENSOR_QOS)
+        self.success_pub = self.create_publisher(Bool, "task_success", RELIABLE_QOS)
+        self.state_pub = self.create_publisher(Float64MultiArray, "~/state", RELIABLE_QOS)
+        if p["publish_instruction"]:
+            self.instruction_pub = self.create_publisher(String, "instruction", LATCHED_QOS)
+            self.instruction_pub.publish(String(data=self.sim.config.instruction))
+        self.create_subscription(TwistStamped, "arm_command", self._on_twist, COMMAND_QOS)
+        self.create_subscription(Float64, "gripper_command", self._on_gripper, COMMAND_QOS)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self._label_client = None
+        if p["label_episodes"]:
+            self._label_client = self.create_client(LabelEpisode, "recorder/label_episode")
+            self.create_subscription(EpisodeEvent, "episode_events", self._on_event, EVENTS_QOS)
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(self.period, self._on_tick, clock=steady)
+        self._same_tick_camera = camera_rate == rate
+        if not self._same_tick_camera:
+            self.create_timer(1.0 / camera_rate, self._publish_image, clock=steady)
+        self.get_logger().info(
+            f"task '{self.sim.config.task}' ('{self.sim.config.instruction}'), control at "
+            f"{rate:g} Hz, camera {self.sim.config.image_width}x{self.sim.config.image_height} "
+            f"at {camera_rate:g} Hz, episode seed {self.sim.episode_seed}")
+
+    # ---------------------------------------------------------------- commands
+
+    def _on_twist(self, msg: TwistStamped) -> None:
+        v = msg.twist.linear
+        velocity = np.array([v.x, v.y, v.z], dtype=np.float64)
+        if not np.isfinite(velocity).all():
+            self.get_logger().warning("ignored a twist with non-finite values")
+            return
+        self._twist = velocity
+        self._twist_time = time.monotonic()
+
+    def _on_gripper(self, msg: Float64) -> None:
+        if math.isfinite(msg.data):
+            self._gripper = float(np.clip(msg.data, 0.0, 1.0))
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
+        self._new_episode()
+        response.success = True
+        response.message = (f"episode {self.resets - 1}, seed {self.sim.episode_seed}: "
+                            f"'{self.sim.config.instruction}'")
+        self.get_logger().info(f"reset: {response.message}")
+        return response
+
+    def _new_episode(self) -> None:
+        self.sim.reset(self.seed + self.resets)
+        self.resets += 1
+        self._twist = np.zeros(3)
+        self._twist_time = -math.inf
+        self._gripper = 0.0
+
+    # ---------------------------------------------------------------- simulation
+
+    def _on_tick(self) -> None:
+        fresh = time.monotonic() - self._twist_time <= self.command_timeout
+        delta = self._twist * self.period if fresh else np.zeros(3)
+        state = self.sim.step([*delta, 0.0, 0.0, 0.0, self._gripper])
+        self.ticks += 1
+        stamp = self.get_clock().now().to_msg()
+        if self._same_tick_camera:
+            self._publish_image(stamp)
+        joints = JointState(name=list(JOINT_NAMES),
+                            position=[float(q) for q in self.sim.joint_positions()],
+                            velocity=[float(v) for v in self.sim.joint_velocities()])
+        joints.header.stamp = stamp
+        joints.header.frame_id = "base_link"
+        self.joint_pub.publish(joints)
+        vector = Float64MultiArray(data=[float(v) for v in state.to_vector()])
+        vector.layout.dim = [MultiArrayDimension(label=",".join(STATE_NAMES),
+                                                 size=len(STATE_NAMES), stride=len(STATE_NAMES))]
+        self.state_pub.publish(vector)
+        self.success_pub.publish(Bool(data=state.success))
+
+    def _publish_image(self, stamp=None) -> None:
+        start = time.perf_counter()
+        frame = self.sim.render()
+        self.render_time += time.perf_counter() - start
+        msg = numpy_to_image(frame, "rgb8", Image)
+        msg.header.stamp = stamp or self.get_clock().now().to_msg()
+        msg.header.frame_id = self.frame_id
+        self.image_pub.publish(msg)
+
+    # ---------------------------------------------------------------- labels
+
+    def _on_event(self, msg: EpisodeEvent) -> None:
+        if msg.event != EpisodeEvent.ENDED or msg.outcome != EpisodeEvent.OUTCOME_UNKNOWN:
+            return
+        outcome = "success" if self.sim.success() else "failure"
+        if not self._label_client.service_is_ready():
+            self.get_logger().warning(
+                f"episode {msg.episode_id} ended unlabelled but {self._label_client.srv_name} "
+                f"is not available: not labelled {outcome}")
+            return
+        future = self._label_client.call_async(
+            LabelEpisode.Request(episode_id=msg.episode_id, outcome=outcome))
+        future.add_done_callback(lambda f, e=msg.episode_id, o=outcome: self._on_labelled(f, e, o))
+
+    def _on_labelled(self, future, episode_id: str, outcome: str) -> None:
+        response = future.result()
+        if response is None or not response.success:
+            detail = "no response" if response is None else response.message
+            self.get_logger().warning(f"could not label episode {episode_id} {outcome}: "
+                                      f"{detail}")
+        else:
+            self.get_logger().info(f"episode {episode_id}: {outcome} (success detector)")
+
+    def close(self) -> None:
+        if self.ticks:
+            self.get_logger().info(f"{self.ticks} ticks; render "
+                                   f"{1e3 * self.render_time / self.ticks:.1f} ms per tick")
+        self.sim.close()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``ros2 run qt_ros sim_robot_node``."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    node = None
+    try:
+        node = SimRobotNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ValueError, SimRenderError) as exc:
+        print(f"sim_robot_node: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
