@@ -1,0 +1,582 @@
+"""The Q-Transformer network (Chebotar et al., CoRL 2023), in plain PyTorch.
+
+    instruction embedding --FiLM--> conv image encoder (EfficientNet-style MBConv blocks)
+    each frame --> TokenLearner --> k tokens --> frame layers (transformer within the frame)
+    trunk: transformer over [instruction token | state token | w frames x k tokens]
+    head:  transformer over action tokens 1..d, token i = embedding of dimension i + embedding
+           of the bin chosen for dimension i-1; each attends to the trunk's outputs and to the
+           earlier action tokens (causal), and gives Q(s, a^{1:i-1}, a^i = b) for every bin b.
+
+Action dimensions are time steps of the head, as in the paper. One teacher-forced pass gives
+the Q values of every dimension (training); acting (``decode``) runs the head one cached step
+per dimension.
+
+The paper runs one 8-layer transformer over all tokens. Here the layers are split by what they
+cost on a robot's CPU at each control step: the per-frame part (encoder, TokenLearner, frame
+layers) depends only on the frame and the instruction, so a policy computes it once per frame
+and caches it; the trunk mixes the w frames once per step; the head, run d times in sequence,
+is one narrow layer.
+
+Q values are bounded to the reward range, ``q_min + (q_max - q_min) * sigmoid(logit)``. With the
+sparse binary reward of the paper (R = 1 at the last step of a successful episode, else 0) every
+discounted return lies in [0, 1], so the default range is [0, 1]: bootstrapped targets cannot run
+away above any achievable return, and the conservative regularizer's floor (0, the minimal
+return) is the bottom of the range. For rewards in [0, r_max] at every step use
+``q_max = r_max / (1 - gamma)``.
+
+The image encoder normalizes with LayerNorm over channels, not EfficientNet's BatchNorm: the Q
+value of a frame must not depend on the rest of the batch, or the Q the policy acts on (batch 1,
+eval mode) would differ from the Q the learner trained (batch B, train mode).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the network (saved in every checkpoint's config.json).
+
+    Attributes:
+        image_size: (height, width) of the frames the encoder takes; policies resize to this.
+        history: number of frames w in the observation (0: no images, a state-only model).
+        instruction_dim: size of the instruction embedding (384 for all-MiniLM-L6-v2).
+        state_dim: size of the proprioceptive state vector (0: none).
+        action_bins: bins of each action dimension, in autoregressive order.
+        stem_channels: output channels of the stem convolution.
+        stem_stride: 2 (EfficientNet's 3x3 stride-2 stem convolution) or 4 or 8 (a patchify
+            stem: non-overlapping s x s patches, linearly projected, as in ConvNeXt/ViT).
+        stage_channels: output channels of each MBConv stage.
+        stage_blocks: MBConv blocks per stage (the first block of a stage carries the stride).
+        stage_strides: stride of each stage.
+        expand_ratio: MBConv inverted-bottleneck expansion.
+        tokens_per_frame: TokenLearner tokens k per frame (paper: 8).
+        d_model: transformer width.
+        frame_layers: transformer blocks over the k tokens of one frame (cached with the frame,
+            so they cost one frame's work per control step).
+        num_layers: trunk transformer blocks over the tokens of all w frames.
+        head_layers: head transformer blocks over the action tokens (autoregressive).
+        head_d_model: width of the head (0: d_model). Acting reads the head's weights once per
+            action dimension, so a narrower head that stays in the CPU cache acts faster.
+        num_heads: attention heads.
+        mlp_ratio: hidden size of the transformer MLPs relative to d_model.
+        head_mlp_ratio: the same for the head.
+        dropout: dropout in the transformer (0 keeps train and eval mode identical).
+        q_min: smallest Q value (the minimal return; the conservative regularizer's target).
+        q_max: largest Q value (the maximal return).
+    """
+
+    image_size: tuple[int, int] = (64, 64)
+    history: int = 6
+    instruction_dim: int = 384
+    state_dim: int = 0
+    action_bins: tuple[int, ...] = (256,) * 7 + (2,)
+    stem_channels: int = 96
+    stem_stride: int = 8
+    stage_channels: tuple[int, ...] = (128, 256)
+    stage_blocks: tuple[int, ...] = (1, 1)
+    stage_strides: tuple[int, ...] = (1, 2)
+    expand_ratio: int = 4
+    tokens_per_frame: int = 4
+    d_model: int = 256
+    frame_layers: int = 6
+    num_layers: int = 4
+    head_layers: int = 1
+    head_d_model: int = 128
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    head_mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    q_min: float = 0.0
+    q_max: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.image_size = tuple(int(v) for v in self.image_size)
+        self.action_bins = tuple(int(b) for b in self.action_bins)
+        self.stage_channels = tuple(int(c) for c in self.stage_channels)
+        self.stage_blocks = tuple(int(n) for n in self.stage_blocks)
+        self.stage_strides = tuple(int(s) for s in self.stage_strides)
+        if len(self.image_size) != 2 or min(self.image_size) < 8:
+            raise ValueError(f"image_size must be (height, width) >= 8, got {self.image_size}")
+        if not (len(self.stage_channels) == len(self.stage_blocks) == len(self.stage_strides)):
+            raise ValueError("stage_channels, stage_blocks and stage_strides need the same length")
+        if self.d_model % self.num_heads or self.head_width % self.num_heads:
+            raise ValueError(f"d_model {self.d_model} and head_d_model {self.head_width} must "
+                             f"be divisible by num_heads {self.num_heads}")
+        if not self.action_bins or min(self.action_bins) < 2:
+            raise ValueError(f"action_bins needs >= 1 dimension of >= 2 bins: {self.action_bins}")
+        if (min(self.history, self.state_dim, self.frame_layers) < 0
+                or min(self.tokens_per_frame, self.num_layers, self.head_layers) < 1):
+            raise ValueError("history, state_dim and frame_layers must be >= 0, tokens_per_frame, "
+                             "num_layers and head_layers >= 1")
+        if self.stem_stride not in (2, 4, 8):
+            raise ValueError(f"stem_stride must be 2, 4 or 8, got {self.stem_stride}")
+        if self.history and any(v % self.stem_stride for v in self.image_size):
+            raise ValueError(f"image_size {self.image_size} must be divisible by stem_stride "
+                             f"{self.stem_stride}")
+        if not self.q_max > self.q_min:
+            raise ValueError(f"q_max ({self.q_max}) must be above q_min ({self.q_min})")
+
+    @property
+    def num_dims(self) -> int:
+        return len(self.action_bins)
+
+    @property
+    def head_width(self) -> int:
+        return self.head_d_model or self.d_model
+
+    @property
+    def max_bins(self) -> int:
+        return max(self.action_bins)
+
+    def to_config(self) -> dict:
+        """Plain JSON-safe dict."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(config) - known
+        if unknown:
+            raise ValueError(f"unknown model config field(s): {sorted(unknown)}")
+        return cls(**config)
+
+
+# Named configurations. The defaults above are `small` (9.5M parameters at 8 x 256 bins), sized
+# for a robot's CPU: most of its layers are per-frame (cached while acting), the temporal trunk
+# is short and the head, run once per action dimension, is narrow. `base` follows the paper's
+# scale (RT-1-like: 8 transformer layers of width 512 over 8 tokens per frame, larger images).
+PRESETS: dict[str, dict] = {
+    "tiny": dict(image_size=(32, 32), history=2, stem_channels=16, stem_stride=4,
+                 stage_channels=(16, 32), stage_blocks=(1, 1), stage_strides=(1, 2),
+                 expand_ratio=2, tokens_per_frame=2, d_model=32, frame_layers=1, num_layers=1,
+                 head_layers=1, head_d_model=0, num_heads=2, mlp_ratio=2.0, head_mlp_ratio=2.0),
+    "small": dict(),
+    "base": dict(image_size=(128, 128), stem_channels=64, stem_stride=4,
+                 stage_channels=(64, 128, 256, 384), stage_blocks=(1, 2, 2, 2),
+                 stage_strides=(1, 2, 2, 1), tokens_per_frame=8, d_model=512, frame_layers=2,
+                 num_layers=8, head_layers=2, head_d_model=0),
+}
+
+
+def model_config(preset: str = "small", **overrides) -> ModelConfig:
+    """The named preset (``tiny``, ``small``, ``base``) with some fields replaced."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset '{preset}'; choose one of {sorted(PRESETS)}")
+    base = ModelConfig(**PRESETS[preset])
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# ----------------------------------------------------------------------------- image encoder
+# Feature maps are channels-last [N, H, W, C]: 1x1 convolutions are then plain matrix products
+# (nn.Linear) and LayerNorm normalizes over channels, which on CPU is several times faster at
+# batch 1 than NCHW convolutions and GroupNorm.
+
+
+class MBConv(nn.Module):
+    """EfficientNet inverted-bottleneck block (expand, depthwise, squeeze-excite, project),
+    FiLM-conditioned on the instruction after the residual sum (as in RT-1's FiLM-EfficientNet).
+
+    One LayerNorm at the block input (pre-norm, as in ConvNeXt) instead of a norm after every
+    convolution: at batch 1 on a CPU each extra op costs more than its arithmetic.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int):
+        super().__init__()
+        hidden = c_in * expand
+        self.norm = nn.LayerNorm(c_in)
+        self.expand = nn.Linear(c_in, hidden) if expand != 1 else None
+        self.depthwise = nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden)
+        squeeze = max(4, c_in // 4)
+        self.se_reduce = nn.Linear(hidden, squeeze)
+        self.se_expand = nn.Linear(squeeze, hidden)
+        self.project = nn.Linear(hidden, c_out)
+        self.residual = stride == 1 and c_in == c_out
+        self.out_channels = c_out
+
+    def forward(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """x [N, H, W, C], gamma/beta [N, C_out] -> [N, H', W', C_out]."""
+        h = self.norm(x)
+        if self.expand is not None:
+            h = F.silu(self.expand(h))
+        # Depthwise conv on a channels-last view (no copy; oneDNN's fastest layout here).
+        h = F.silu(self.depthwise(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        s = self.se_expand(F.silu(self.se_reduce(h.mean((1, 2), keepdim=True))))
+        h = self.project(h * torch.sigmoid(s))
+        if self.residual:
+            h = h + x
+        # FiLM (Perez et al.): gamma and beta start at 0, so the block starts unconditioned.
+        return torch.addcmul(beta[:, None, None], h, 1 + gamma[:, None, None])
+
+
+class FiLMEfficientNet(nn.Module):
+    """Conv encoder of one frame, every block FiLM-conditioned on the instruction embedding."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        # stem_stride 2: EfficientNet's 3x3 stride-2 convolution. 4 or 8: a patchify stem (a
+        # convolution with kernel = stride, computed as one matrix product over the patches),
+        # which cuts the compute of the first blocks 4-16x: what a CPU budget needs.
+        self.patch = 0 if cfg.stem_stride == 2 else cfg.stem_stride
+        if self.patch:
+            self.stem = nn.Linear(3 * self.patch ** 2, cfg.stem_channels)
+        else:
+            self.stem = nn.Conv2d(3, cfg.stem_channels, 3, 2, 1)
+        blocks = []
+        c = cfg.stem_channels
+        for c_out, n, stride in zip(cfg.stage_channels, cfg.stage_blocks, cfg.stage_strides,
+                                    strict=True):
+            for j in range(n):
+                blocks.append(MBConv(c, c_out, stride if j == 0 else 1, cfg.expand_ratio))
+                c = c_out
+        self.blocks = nn.ModuleList(blocks)
+        self.film_sizes = [b.out_channels for b in blocks]
+        # One linear layer for all FiLM parameters: a single matmul per instruction.
+        self.film = nn.Linear(cfg.instruction_dim, 2 * sum(self.film_sizes))
+        self.out_channels = c
+
+    def film_params(self, instruction_embedding: torch.Tensor) -> torch.Tensor:
+        """[B, E] -> [B, F]: every block's (gamma, beta); computed once per instruction."""
+        return self.film(instruction_embedding)
+
+    def forward(self, images: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        """images float [N, 3, H, W] in [-1, 1], film [N, F] -> feature map [N, h, w, C]."""
+        if self.patch:
+            n, c, h, w = images.shape
+            p = self.patch
+            patches = images.view(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+            x = self.stem(patches.reshape(n, h // p, w // p, c * p * p))
+        else:
+            x = self.stem(images).permute(0, 2, 3, 1)
+        offset = 0
+        for block, c in zip(self.blocks, self.film_sizes, strict=True):
+            gamma = film[:, offset:offset + c]
+            beta = film[:, offset + c:offset + 2 * c]
+            offset += 2 * c
+            x = block(x, gamma, beta)
+        return x
+
+
+class TokenLearner(nn.Module):
+    """Reduce a feature map to k tokens, each a learned spatial attention-weighted average."""
+
+    def __init__(self, channels: int, num_tokens: int, d_model: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.attention = nn.Linear(channels, num_tokens)
+        self.out = nn.Linear(channels, d_model)
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """[N, h, w, C] -> [N, k, D]."""
+        x = self.norm(feature_map.flatten(1, 2))                     # [N, hw, C]
+        weights = self.attention(x).softmax(dim=1)                   # [N, hw, k], sums to 1 over hw
+        return self.out(weights.transpose(1, 2) @ x)                  # [N, k, D]
+
+
+# ----------------------------------------------------------------------------- transformer
+
+
+class KVCache:
+    """Keys and values of every layer for one decoding sequence, preallocated."""
+
+    def __init__(self, num_layers: int, batch: int, heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        shape = (batch, heads, max_len, head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.length = 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.length + k.shape[2]
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block."""
+
+    def __init__(self, d_model: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        hidden = int(d_model * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, d_model))
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, layer: int = 0, query_from: int = 0,
+                kv_only: bool = False) -> torch.Tensor | None:
+        """x [B, L, D] -> [B, L - query_from, D]; ``mask`` bool [L - query_from, L], True = may
+        attend.
+
+        ``query_from``: only tokens from this index on produce outputs (the others are keys and
+        values only); ``kv_only``: store keys/values in ``cache`` and return nothing.
+        """
+        # Functional calls on the modules' parameters: at batch 1 on a CPU the module-call
+        # machinery costs about as much as the arithmetic.
+        b, n, d = x.shape
+        h = F.layer_norm(x, (d,), self.norm1.weight, self.norm1.bias, self.norm1.eps)
+        qkv = F.linear(h, self.qkv.weight, self.qkv.bias).view(b, n, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)                          # each [B, H, L, hd]
+        if cache is not None:
+            k, v = cache.append(layer, k, v)
+        if kv_only:
+            return None
+        if query_from:
+            x, q = x[:, query_from:], q[:, :, query_from:]
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        y = F.linear(y.transpose(1, 2).reshape(b, x.shape[1], d), self.proj.weight, self.proj.bias)
+        x = x + (F.dropout(y, drop) if drop else y)
+        h = F.layer_norm(x, (d,), self.norm2.weight, self.norm2.bias, self.norm2.eps)
+        fc1, fc2 = self.mlp[0], self.mlp[2]
+        y = F.linear(F.silu(F.linear(h, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
+        return x + (F.dropout(y, drop) if drop else y)
+
+    def step(self, x: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
+        """``forward`` for one new token [B, 1, D] attending to the cache, in eval mode, with
+        functional calls only (module calls cost more than the arithmetic at batch 1)."""
+        b, _, d = x.shape
+        h = F.layer_norm(x, (d,), self.norm1.weight, self.norm1.bias, self.norm1.eps)
+        qkv = F.linear(h, self.qkv.weight, self.qkv.bias).view(b, 1, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        k, v = cache.append(layer, k, v)
+        y = F.scaled_dot_product_attention(q, k, v).reshape(b, 1, d)
+        x = x + F.linear(y, self.proj.weight, self.proj.bias)
+        h = F.layer_norm(x, (d,), self.norm2.weight, self.norm2.bias, self.norm2.eps)
+        fc1, fc2 = self.mlp[0], self.mlp[2]
+        return x + F.linear(F.silu(F.linear(h, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
+
+
+# ----------------------------------------------------------------------------- Q-Transformer
+
+
+class QTransformer(nn.Module):
+    """Autoregressive per-dimension Q network. See the module docstring for the layout."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, D, Dh = cfg.num_dims, cfg.d_model, cfg.head_width
+        if cfg.history > 0:
+            self.encoder = FiLMEfficientNet(cfg)
+            self.token_learner = TokenLearner(self.encoder.out_channels, cfg.tokens_per_frame, D)
+            self.frame_pos = nn.Parameter(torch.zeros(cfg.history, 1, D))
+            self.token_pos = nn.Parameter(torch.zeros(1, cfg.tokens_per_frame, D))
+            self.frame_blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
+                                              for _ in range(cfg.frame_layers))
+        self.instruction_token = nn.Linear(cfg.instruction_dim, D)
+        self.state_token = nn.Linear(cfg.state_dim, D) if cfg.state_dim else None
+        self.trunk = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
+                                   for _ in range(cfg.num_layers))
+        # The head attends to the trunk outputs, projected to its width.
+        self.head_input = nn.Linear(D, Dh) if Dh != D else nn.Identity()
+        # Action token i = embedding of dimension i + embedding of the bin chosen for i-1.
+        self.dim_embedding = nn.Parameter(torch.zeros(d, Dh))
+        self.start_embedding = nn.Parameter(torch.zeros(Dh))
+        self.bin_embedding = nn.Embedding(max(d - 1, 1) * cfg.max_bins, Dh)
+        self.head_blocks = nn.ModuleList(Block(Dh, cfg.num_heads, cfg.head_mlp_ratio,
+                                               cfg.dropout) for _ in range(cfg.head_layers))
+        self.norm = nn.LayerNorm(Dh)
+        # One output layer per dimension, stored as one tensor: [d, Dh, max_bins].
+        self.head_weight = nn.Parameter(torch.zeros(d, Dh, cfg.max_bins))
+        self.head_bias = nn.Parameter(torch.zeros(d, cfg.max_bins))
+        valid = torch.arange(cfg.max_bins)[None, :] < torch.tensor(cfg.action_bins)[:, None]
+        self.register_buffer("valid_mask", valid, persistent=False)        # [d, max_bins]
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        for p in (self.dim_embedding, self.start_embedding, self.head_weight):
+            nn.init.normal_(p, std=0.02)
+        if self.cfg.history > 0:
+            nn.init.normal_(self.frame_pos, std=0.02)
+            nn.init.normal_(self.token_pos, std=0.02)
+            # FiLM starts as the identity (gamma = beta = 0).
+            nn.init.zeros_(self.encoder.film.weight)
+        # Residual output projections scaled down with depth (GPT-2).
+        depth = self.cfg.frame_layers + self.cfg.num_layers + self.cfg.head_layers
+        for block in [*getattr(self, "frame_blocks", []), *self.trunk, *self.head_blocks]:
+            nn.init.normal_(block.proj.weight, std=0.02 / math.sqrt(2 * depth))
+            nn.init.normal_(block.mlp[2].weight, std=0.02 / math.sqrt(2 * depth))
+
+    # ---- observation -> trunk tokens
+
+    @property
+    def context_length(self) -> int:
+        cfg = self.cfg
+        return 1 + (cfg.state_dim > 0) + cfg.history * cfg.tokens_per_frame
+
+    def film_params(self, instruction_embedding: torch.Tensor) -> torch.Tensor | None:
+        """[B, E] -> FiLM parameters of the image encoder (None for a state-only model)."""
+        if self.cfg.history == 0:
+            return None
+        return self.encoder.film_params(instruction_embedding)
+
+    def encode_frames(self, frames: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        """frames uint8 [N, 3, H, W], film [N, F] -> per-frame tokens [N, k, D].
+
+        A frame's tokens depend only on the frame and the instruction, so a policy caches them.
+        """
+        images = frames.to(film.dtype) * (2.0 / 255.0) - 1.0
+        tokens = self.token_learner(self.encoder(images, film)) + self.token_pos
+        for block in self.frame_blocks:
+            tokens = block(tokens)
+        return tokens
+
+    def context(self, frame_tokens: torch.Tensor | None, instruction_embedding: torch.Tensor,
+                state: torch.Tensor | None) -> torch.Tensor:
+        """Frame tokens [B, w, k, D] (None if history 0), instruction [B, E], state [B, S] ->
+        trunk outputs [B, Lc, D]."""
+        parts = [self.instruction_token(instruction_embedding)[:, None]]
+        if self.state_token is not None:
+            if state is None or state.shape[-1] != self.cfg.state_dim:
+                got = None if state is None else tuple(state.shape)
+                raise ValueError(f"this model needs a state vector of size {self.cfg.state_dim}, "
+                                 f"got {got}")
+            parts.append(self.state_token(state)[:, None])
+        if self.cfg.history > 0:
+            tokens = frame_tokens + self.frame_pos                         # [B, w, k, D]
+            parts.append(tokens.flatten(1, 2))
+        x = torch.cat(parts, dim=1)
+        for block in self.trunk:
+            x = block(x)
+        return x
+
+    def observe(self, frames: torch.Tensor | None, instruction_embedding: torch.Tensor,
+                state: torch.Tensor | None) -> torch.Tensor:
+        """frames uint8 [B, w, 3, H, W] -> trunk outputs [B, Lc, D]."""
+        frame_tokens = None
+        if self.cfg.history > 0:
+            b, w = frames.shape[:2]
+            if w != self.cfg.history or tuple(frames.shape[3:]) != self.cfg.image_size:
+                raise ValueError(f"frames of shape {tuple(frames.shape)} do not match the model "
+                                 f"(history {self.cfg.history}, image {self.cfg.image_size})")
+            film = self.film_params(instruction_embedding)
+            film = film[:, None].expand(b, w, film.shape[-1]).reshape(b * w, -1)
+            frame_tokens = self.encode_frames(frames.flatten(0, 1), film).unflatten(0, (b, w))
+        return self.context(frame_tokens, instruction_embedding, state)
+
+    # ---- trunk outputs -> Q values
+
+    def action_tokens(self, prev_bins: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """Inputs [B, m, D] of the action tokens of dimensions ``first``..``first + m - 1``.
+
+        ``prev_bins[:, j]`` is the bin chosen for dimension ``first + j - 1`` (ignored for
+        dimension 0, which gets the start embedding).
+        """
+        m = prev_bins.shape[1]
+        dims = torch.arange(first, first + m, device=prev_bins.device)
+        x = self.bin_embedding((dims - 1).clamp(min=0) * self.cfg.max_bins + prev_bins)
+        if first == 0:
+            x = torch.cat([self.start_embedding.expand(x.shape[0], 1, -1), x[:, 1:]], dim=1)
+        return x + self.dim_embedding[first:first + m]
+
+    def q_head(self, h: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """Head outputs of action tokens [B, m, D] -> Q values [B, m, max_bins] in
+        [q_min, q_max]."""
+        m = h.shape[1]
+        w = self.head_weight[first:first + m]
+        logits = torch.einsum("bmd,mdk->bmk", self.norm(h), w) + self.head_bias[first:first + m]
+        return self._bounded(logits)
+
+    def _bounded(self, logits: torch.Tensor) -> torch.Tensor:
+        q = torch.sigmoid(logits)
+        if (self.cfg.q_min, self.cfg.q_max) != (0.0, 1.0):
+            q = self.cfg.q_min + (self.cfg.q_max - self.cfg.q_min) * q
+        return q
+
+    def q_from_context(self, context: torch.Tensor, action_bins: torch.Tensor,
+                       num_dims: int | None = None) -> torch.Tensor:
+        """Teacher-forced Q values of the first ``num_dims`` dimensions: [B, m, max_bins].
+
+        Row i is Q(s, a^{1:i-1} = action_bins[:, :i-1], a^i = b) for every bin b.
+        """
+        m = self.cfg.num_dims if num_dims is None else num_dims
+        context = self.head_input(context)
+        lc = context.shape[1]
+        prev = F.pad(action_bins[:, :m - 1], (1, 0))                  # bin of dimension i-1
+        x = self.action_tokens(prev)
+        # Action token i sees every trunk output and action tokens 0..i.
+        mask = torch.ones(m, lc + m, dtype=torch.bool, device=x.device)
+        mask[:, lc:] = torch.ones(m, m, dtype=torch.bool, device=x.device).tril_()
+        for block in self.head_blocks:
+            x = block(torch.cat([context, x], dim=1), mask, query_from=lc)
+        return self.q_head(x)
+
+    def forward(self, frames: torch.Tensor | None, instruction_embedding: torch.Tensor,
+                state: torch.Tensor | None, action_bins: torch.Tensor,
+                num_dims: int | None = None) -> torch.Tensor:
+        """Q values [B, m, max_bins] of observations (frames uint8 [B, w, 3, H, W]) given the
+        data's bins [B, d]. The learner trains exactly this function and ``decode`` acts on it."""
+        return self.q_from_context(self.observe(frames, instruction_embedding, state),
+                                   action_bins, num_dims)
+
+    # ---- acting
+
+    @torch.no_grad()
+    def decode(self, context: torch.Tensor, choose: Callable[[int, torch.Tensor], torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Autoregressive decoding with a KV cache over the head: keys and values of the trunk
+        outputs are computed once, then each dimension is one single-token step.
+
+        ``choose(i, q [B, max_bins]) -> bins [B]`` picks dimension i's bin (invalid bins of q
+        are -inf). Returns bins int64 [B, d] and their Q values [B, d].
+        """
+        cfg = self.cfg
+        context = self.head_input(context)
+        b, lc, width = context.shape
+        cache = KVCache(len(self.head_blocks), b, cfg.num_heads, lc + cfg.num_dims,
+                        width // cfg.num_heads, context.dtype, context.device)
+        for i, block in enumerate(self.head_blocks):
+            block(context, cache=cache, layer=i, kv_only=True)
+        cache.length = lc
+        # The same arithmetic as ``action_tokens`` and ``q_head``, one dimension at a time and
+        # with as few ops as possible (each op costs microseconds at batch 1 on a CPU).
+        bin_table = self.bin_embedding.weight.view(-1, cfg.max_bins, width)
+        chosen_bins, chosen_q = [], []
+        chosen = None
+        for dim in range(cfg.num_dims):
+            if dim == 0:
+                x = (self.start_embedding + self.dim_embedding[0]).expand(b, 1, width)
+            else:
+                x = (bin_table[dim - 1].index_select(0, chosen) + self.dim_embedding[dim])[:, None]
+            for i, block in enumerate(self.head_blocks):
+                x = block.step(x, cache, i)
+            cache.length += 1
+            h = F.layer_norm(x[:, 0], (width,), self.norm.weight, self.norm.bias, self.norm.eps)
+            q = self._bounded(torch.addmm(self.head_bias[dim], h, self.head_weight[dim]))
+            if cfg.action_bins[dim] < cfg.max_bins:
+                q = q.masked_fill(~self.valid_mask[dim], float("-inf"))
+            chosen = choose(dim, q)
+            chosen_bins.append(chosen)
+            chosen_q.append(q.gather(1, chosen[:, None]))
+        return torch.stack(chosen_bins, 1), torch.cat(chosen_q, 1)
+
+
+def greedy(_dim: int, q: torch.Tensor) -> torch.Tensor:
+    """Argmax bin (ties -> the lowest bin, as ``torch.argmax``)."""
+    return q.argmax(dim=-1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
