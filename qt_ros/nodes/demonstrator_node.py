@@ -18,23 +18,20 @@ Run: ``python -m qt_ros.nodes.demonstrator_node --ros-args -p task:=lift -p nois
 
 from __future__ import annotations
 
-import signal
 import sys
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import SetBool
 
 from qt_ros.core.demonstrator import DemonstratorConfig, ScriptedDemonstrator
 from qt_ros.core.sim import TASKS, SimConfig, SimState
 from qt_ros.msg import EpisodeEvent
+from qt_ros.nodes.runner import run_node
 from qt_ros.srv import EndEpisode
 
 NODE_NAME = "demonstrator"
@@ -168,31 +165,14 @@ class DemonstratorNode(Node):
             self.get_logger().warning(f"the recorder did not end the episode: {detail}")
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+def _shutdown(node: DemonstratorNode) -> None:
+    if node.enabled:
+        node._hold()
 
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run qt_ros demonstrator_node``."""
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    node = None
-    try:
-        node = DemonstratorNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as exc:
-        print(f"demonstrator_node: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            if node.enabled:
-                node._hold()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(DemonstratorNode, name="demonstrator_node", teardown=_shutdown, args=args)
 
 
 if __name__ == "__main__":

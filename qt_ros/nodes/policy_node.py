@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import array
 import math
-import signal
 import sys
 import time
 from collections import deque
@@ -34,17 +33,12 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
-from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
@@ -59,6 +53,7 @@ from qt_ros.nodes.adapters import (
     GripperAdapter,
     GripperConfig,
 )
+from qt_ros.nodes.runner import run_node
 from qt_ros.srv import EndEpisode
 
 NODE_NAME = "policy"
@@ -90,7 +85,7 @@ DEFAULT_LOWER = [-0.01, -0.01, -0.01, -0.05, -0.05, -0.05, 0.0]
 DEFAULT_UPPER = [0.01, 0.01, 0.01, 0.05, 0.05, 0.05, 1.0]
 DEFAULT_MAX_CHANGE = [0.005, 0.005, 0.005, 0.025, 0.025, 0.025, 1.0]
 
-# name -> (default, description). A Parameter.Type default declares an empty typed array.
+# name -> (default, description)
 PARAMETERS: dict[str, tuple[object, str]] = {
     "checkpoint": ("", "checkpoint directory (model.safetensors + config.json); required"),
     "device": ("cpu", "torch device for the model: cpu, cuda or cuda:N"),
@@ -113,7 +108,9 @@ PARAMETERS: dict[str, tuple[object, str]] = {
                      "(positions of joint_names) or pose (geometry_msgs/PoseStamped on 'pose')"),
     "state_timeout": (0.5, "stop when the state, or the joint positions that delta joint "
                       "targets need, is older than this (s)"),
-    "joint_names": (Parameter.Type.STRING_ARRAY, "arm joints in order: the joint adapters' "
+    # [""] rather than an unset STRING_ARRAY: rclpy answers get_parameters (ros2 param dump)
+    # with nothing when any asked-for parameter is unset. Empty names are dropped on reading.
+    "joint_names": ([""], "arm joints in order: the joint adapters' "
                     "joint names and the joint_states state vector"),
     "arm_adapter": ("twist", "arm command message: twist (TwistStamped, MoveIt Servo), "
                     "joint_trajectory (JointTrajectory) or float64_array (Float64MultiArray)"),
@@ -132,7 +129,7 @@ PARAMETERS: dict[str, tuple[object, str]] = {
                           "none)"),
     "gripper_open_position": (0.0, "gripper command for the policy's lowest gripper value"),
     "gripper_closed_position": (1.0, "gripper command for the policy's highest gripper value"),
-    "gripper_joint_names": (Parameter.Type.STRING_ARRAY, "gripper joints (float64_array, "
+    "gripper_joint_names": ([""], "gripper joints (float64_array, "
                             "joint_trajectory gripper adapters)"),
     "lower_limits": (DEFAULT_LOWER, "smallest command of each arm dimension, then the "
                      "gripper, in the policy's units"),
@@ -192,11 +189,10 @@ class PolicyNode(LifecycleNode):
     # ---------------------------------------------------------------- parameters
 
     def _param(self, name: str):
-        try:
-            value = self.get_parameter(name).value
-        except ParameterUninitializedException:
-            return []
-        return list(value) if isinstance(value, (list, tuple, array.array)) else value
+        value = self.get_parameter(name).value
+        if isinstance(value, (list, tuple, array.array)):
+            return [v for v in value if v != ""]
+        return value
 
     def _read_config(self, tokenizer, state_dim: int) -> None:
         """Check the parameters against the checkpoint's action space; raise ConfigError."""
@@ -706,34 +702,15 @@ class PolicyNode(LifecycleNode):
                 f"latency p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms")
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+def _shutdown(node: PolicyNode) -> None:
+    node.stop_safely("shutting down")
+    node._log_stats()
 
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run qt_ros policy_node``; Ctrl-C / SIGTERM send a hold first."""
-    # rclpy's own signal handlers would shut the context down before the hold could go out.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, _interrupt)
-    node = PolicyNode()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        node.autostart()
-        while rclpy.ok():
-            # A bounded wait lets Python's signal handlers run even when nothing else happens.
-            executor.spin_once(timeout_sec=0.2)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the hold
-        node.stop_safely("shutting down")
-        node._log_stats()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(PolicyNode, name="policy_node", setup=PolicyNode.autostart,
+                    teardown=_shutdown, args=args)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,8 @@ import re
 import sys
 from pathlib import Path
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
@@ -48,6 +44,7 @@ from qt_ros.core.recorder import (
     event_fields,
 )
 from qt_ros.msg import EpisodeEvent, PolicyStep
+from qt_ros.nodes.runner import run_node
 from qt_ros.srv import EndEpisode, LabelEpisode, StartEpisode
 
 # role -> (default of <role>_topic, default of <role>_type, QoS)
@@ -142,13 +139,11 @@ class RecorderNode(Node):
                 values[f"{role}_type"] = self.declare_parameter(
                     f"{role}_type", msgtype, ParameterDescriptor(
                         description=f"message type of {role}_topic, e.g. {msgtype}")).value
-        self.declare_parameter("extra_topics", Parameter.Type.STRING_ARRAY, ParameterDescriptor(
+        # [""], not an unset STRING_ARRAY, which would make `ros2 param dump` print nothing.
+        extra = self.declare_parameter("extra_topics", [""], ParameterDescriptor(
             description="more topics to record, each 'TOPIC:TYPE[:QOS]', QOS sensor_data | "
-                        "reliable | latched"))
-        try:
-            values["extra_topics"] = list(self.get_parameter("extra_topics").value or [])
-        except ParameterUninitializedException:
-            values["extra_topics"] = []
+                        "reliable | latched")).value
+        values["extra_topics"] = [spec for spec in extra or [] if spec]
         return values
 
     def _resolve(self, name: str) -> str:
@@ -356,23 +351,10 @@ def _definition_from_class(store, cls, msgtype: str) -> tuple[str, str]:
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = RecorderNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, RecorderError) as exc:
-        print(f"recorder_node: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.shutdown_episode()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    """Entry point of ``ros2 run qt_ros recorder_node``; on shutdown the running episode is
+    closed (outcome ``aborted``) so its bag is complete."""
+    return run_node(RecorderNode, name="recorder_node", teardown=RecorderNode.shutdown_episode,
+                    errors=(ValueError, RecorderError), args=args)
 
 
 if __name__ == "__main__":

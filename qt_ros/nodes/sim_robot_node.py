@@ -31,19 +31,15 @@ Run: ``ros2 run qt_ros sim_robot_node`` or ``python -m qt_ros.nodes.sim_robot_no
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
@@ -58,6 +54,7 @@ from qt_ros.core.sim import (
     TabletopSim,
 )
 from qt_ros.msg import EpisodeEvent
+from qt_ros.nodes.runner import run_node
 from qt_ros.srv import LabelEpisode
 
 NODE_NAME = "sim_robot"
@@ -239,30 +236,10 @@ class SimRobotNode(Node):
         self.sim.close()
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run qt_ros sim_robot_node``."""
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    node = None
-    try:
-        node = SimRobotNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, SimRenderError) as exc:
-        print(f"sim_robot_node: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(SimRobotNode, name="sim_robot_node", teardown=SimRobotNode.close,
+                    errors=(ValueError, SimRenderError), args=args)
 
 
 if __name__ == "__main__":

@@ -264,6 +264,32 @@ def test_terminate_timeout_and_shutdown_end_episodes(spawn, probe, tmp_path):
     assert (record_dir / "interrupted" / "metadata.yaml").exists()
 
 
+def test_double_ctrl_c_during_an_episode_still_closes_the_bag(spawn, probe, tmp_path):
+    """`ros2 launch` in a terminal: Ctrl-C reaches the recorder twice (the terminal's process
+    group, then launch). The second signal must not interrupt closing the episode's bag."""
+    record_dir = tmp_path / "episodes"
+    recorder = spawn(recorder_args(record_dir), name="recorder")
+    robot = Robot(probe)
+    robot.wait_matched(recorder)
+    start = probe.call(StartEpisode, "/recorder/start_episode",
+                       StartEpisode.Request(instruction="stack", episode_id="ctrl-c"), timeout=30)
+    assert start.success, start.message
+    for k in range(20):
+        robot.publish_step(k, np.zeros(TOK.num_dims, np.int64), "ctrl-c")
+        wait_short(0.02)
+    wait_short(0.3)
+    recorder.send_signal(signal.SIGINT)
+    wait_short(0.05)
+    recorder.send_signal(signal.SIGINT)
+    wait_for(lambda: not recorder.alive(), 20, what="the recorder to exit")
+    assert recorder.popen.returncode == 0, recorder.output()
+    record = EpisodeCatalog(record_dir).get("ctrl-c")
+    assert record["status"] == "complete" and record["outcome"] == "aborted"
+    with BagReader.open(record_dir / "ctrl-c") as bag:
+        assert bag.complete
+        assert bag.topics["/image"].count == 20 and bag.topics["/policy_step"].count == 20
+
+
 def test_low_disk_space_refuses_to_start_with_an_error_event(spawn, probe, tmp_path):
     recorder = spawn(recorder_args(tmp_path / "episodes", min_free_space_mb=1e12),
                      name="recorder")
