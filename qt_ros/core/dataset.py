@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
-from qt_ros.core.dataset_store import DatasetError, DatasetStore
+from qt_ros.core.dataset_store import DatasetError, DatasetStore, mc_returns
 from qt_ros.core.tokenizer import ActionTokenizer
 
 EMBEDDINGS_FILE = "instruction_embeddings.npy"
@@ -206,8 +206,5 @@ class QTransformerDataset(Dataset):
             t = np.arange(T)
             done[o:o + T] = (t + n >= T).astype(np.float32)
             next_t[o:o + T] = np.minimum(t + n, T - 1)
-            running = 0.0
-            for j in range(T - 1, -1, -1):
-                running = r[j] + g * running
-                mc[o + j] = running
+            mc[o:o + T] = mc_returns(r, g)
         return nstep, done, next_t, mc

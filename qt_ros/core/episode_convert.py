@@ -24,6 +24,7 @@ import numpy as np
 
 from qt_ros.core.bags import BagError, BagReader, episode_metadata
 from qt_ros.core.catalog import reward_for
+from qt_ros.core.dataset_store import mc_returns
 from qt_ros.core.images import ImageConversionError, resize_frame, to_rgb8
 from qt_ros.core.tokenizer import ActionTokenizer
 from qt_ros.core.topic_mapping import (
@@ -418,13 +419,3 @@ class _Converter:
             "image_age": np.asarray(self.ages, dtype=np.float32),
         }
         return ConvertedEpisode(self.key, record, arrays, self.warnings)
-
-
-def mc_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
-    """Per-step Monte Carlo return-to-go ``sum_{j>=t} gamma^(j-t) r_j`` (float32 [T])."""
-    out = np.zeros(len(rewards), dtype=np.float64)
-    running = 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        running = float(rewards[t]) + gamma * running
-        out[t] = running
-    return out.astype(np.float32)

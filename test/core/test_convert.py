@@ -17,8 +17,8 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from qt_ros.bench.synthetic import frame_color, write_episode
-from qt_ros.core.dataset_store import DatasetStore
-from qt_ros.core.episode_convert import ConvertOptions, EpisodeError, convert_bag, mc_returns
+from qt_ros.core.dataset_store import DatasetStore, mc_returns
+from qt_ros.core.episode_convert import ConvertOptions, EpisodeError, convert_bag
 from qt_ros.core.recorder import EpisodeRecorder, RecorderConfig
 from qt_ros.core.tokenizer import ActionTokenizer
 
