@@ -24,24 +24,20 @@ import numpy as np
 from geometry_msgs.msg import TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import SetBool
 
 from qt_ros.core.demonstrator import DemonstratorConfig, ScriptedDemonstrator
 from qt_ros.core.sim import TASKS, SimConfig, SimState
 from qt_ros.msg import EpisodeEvent
+from qt_ros.nodes.qos import COMMAND_QOS, EPISODE_EVENTS_QOS
 from qt_ros.nodes.runner import run_node
 from qt_ros.srv import EndEpisode
 
 NODE_NAME = "demonstrator"
-COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                         reliability=ReliabilityPolicy.RELIABLE)
 STATE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                        reliability=ReliabilityPolicy.RELIABLE)
-EVENTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                        reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 PARAMETERS: dict[str, tuple[object, str]] = {
     "task": ("lift", f"the simulator's task: {', '.join(TASKS)}"),
@@ -83,7 +79,8 @@ class DemonstratorNode(Node):
         self.arm_pub = self.create_publisher(TwistStamped, "arm_command", COMMAND_QOS)
         self.gripper_pub = self.create_publisher(Float64, "gripper_command", COMMAND_QOS)
         self.create_subscription(Float64MultiArray, "sim_robot/state", self._on_state, STATE_QOS)
-        self.create_subscription(EpisodeEvent, "episode_events", self._on_event, EVENTS_QOS)
+        self.create_subscription(EpisodeEvent, "episode_events", self._on_event,
+                                 EPISODE_EVENTS_QOS)
         self.create_service(SetBool, "~/enable", self._on_enable)
         self._end_client = self.create_client(EndEpisode, "recorder/end_episode")
         if p["start_enabled"]:

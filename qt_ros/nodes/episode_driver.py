@@ -17,17 +17,15 @@ from dataclasses import dataclass
 import rclpy
 from lifecycle_msgs.srv import GetState
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
 
 from qt_ros.msg import EpisodeEvent
+from qt_ros.nodes.qos import EPISODE_EVENTS_QOS
 from qt_ros.srv import EndEpisode, LabelEpisode, StartEpisode
 
-EVENTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                        reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
 RELIABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                           reliability=ReliabilityPolicy.RELIABLE)
 LIFECYCLE_ACTIVE = 3  # lifecycle_msgs/State.PRIMARY_STATE_ACTIVE
@@ -60,7 +58,7 @@ class EpisodeDriver:
         self._events: list[EpisodeEvent] = []
         self._success: bool | None = None
         self.node.create_subscription(EpisodeEvent, "episode_events", self._on_event,
-                                      EVENTS_QOS)
+                                      EPISODE_EVENTS_QOS)
         self.node.create_subscription(Bool, "task_success", self._on_success, RELIABLE_QOS)
         self._clients: dict[str, object] = {}
         self.executor = SingleThreadedExecutor(context=self.context)

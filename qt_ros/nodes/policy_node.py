@@ -53,6 +53,7 @@ from qt_ros.nodes.adapters import (
     GripperAdapter,
     GripperConfig,
 )
+from qt_ros.nodes.qos import COMMAND_QOS, EPISODE_EVENTS_QOS, INSTRUCTION_QOS
 from qt_ros.nodes.runner import run_node
 from qt_ros.srv import EndEpisode
 
@@ -65,15 +66,6 @@ IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                        reliability=ReliabilityPolicy.BEST_EFFORT,
                        durability=DurabilityPolicy.VOLATILE)
 # A node started after the instruction was published still gets it.
-INSTRUCTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                             reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-EPISODE_EVENTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                                reliability=ReliabilityPolicy.RELIABLE,
-                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
-COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                         reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.VOLATILE)
 POLICY_STEP_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                              reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.VOLATILE)

@@ -44,6 +44,7 @@ from qt_ros.core.recorder import (
     event_fields,
 )
 from qt_ros.msg import EpisodeEvent, PolicyStep
+from qt_ros.nodes.qos import EPISODE_EVENTS_QOS
 from qt_ros.nodes.runner import run_node
 from qt_ros.srv import EndEpisode, LabelEpisode, StartEpisode
 
@@ -100,10 +101,7 @@ class RecorderNode(Node):
                 f"{len(stale)} episode(s) left recording by a previous run are marked incomplete "
                 f"(`qt-ros repair` completes their bags): {', '.join(stale)}")
 
-        latched = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
-                             reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.events = self.create_publisher(EpisodeEvent, "episode_events", latched)
+        self.events = self.create_publisher(EpisodeEvent, "episode_events", EPISODE_EVENTS_QOS)
         self._subs = []
         self._policy_topic = self._instruction_topic = ""
         for role, (_, default_type, qos) in ROLES.items():

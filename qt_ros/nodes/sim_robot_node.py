@@ -54,6 +54,7 @@ from qt_ros.core.sim import (
     TabletopSim,
 )
 from qt_ros.msg import EpisodeEvent
+from qt_ros.nodes.qos import COMMAND_QOS, EPISODE_EVENTS_QOS, INSTRUCTION_QOS
 from qt_ros.nodes.runner import run_node
 from qt_ros.srv import LabelEpisode
 
@@ -64,14 +65,6 @@ SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                         durability=DurabilityPolicy.VOLATILE)
 RELIABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                           reliability=ReliabilityPolicy.RELIABLE)
-COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                         reliability=ReliabilityPolicy.RELIABLE)
-LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                         reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
-EVENTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                        reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 # name -> (default, description)
 PARAMETERS: dict[str, tuple[object, str]] = {
@@ -125,7 +118,7 @@ class SimRobotNode(Node):
         self.success_pub = self.create_publisher(Bool, "task_success", RELIABLE_QOS)
         self.state_pub = self.create_publisher(Float64MultiArray, "~/state", RELIABLE_QOS)
         if p["publish_instruction"]:
-            self.instruction_pub = self.create_publisher(String, "instruction", LATCHED_QOS)
+            self.instruction_pub = self.create_publisher(String, "instruction", INSTRUCTION_QOS)
             self.instruction_pub.publish(String(data=self.sim.config.instruction))
         self.create_subscription(TwistStamped, "arm_command", self._on_twist, COMMAND_QOS)
         self.create_subscription(Float64, "gripper_command", self._on_gripper, COMMAND_QOS)
@@ -133,7 +126,8 @@ class SimRobotNode(Node):
         self._label_client = None
         if p["label_episodes"]:
             self._label_client = self.create_client(LabelEpisode, "recorder/label_episode")
-            self.create_subscription(EpisodeEvent, "episode_events", self._on_event, EVENTS_QOS)
+            self.create_subscription(EpisodeEvent, "episode_events", self._on_event,
+                                     EPISODE_EVENTS_QOS)
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.create_timer(self.period, self._on_tick, clock=steady)
         self._same_tick_camera = camera_rate == rate
