@@ -103,3 +103,21 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
             return value
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.1f} s waiting for {what}")
+
+
+@pytest.fixture
+def env(ros_env: dict[str, str]) -> dict[str, str]:
+    """``ros_env`` with the package's shared-memory Fast DDS profile (camera-sized messages)."""
+    from policy_node_support import with_fastdds_profile
+
+    return with_fastdds_profile(ros_env)
+
+
+@pytest.fixture
+def probe(env: dict[str, str]) -> Iterator:
+    """A probe node in the test process, on the test's domain (a module may override it)."""
+    from policy_node_support import Probe
+
+    p = Probe(int(env["ROS_DOMAIN_ID"]))
+    yield p
+    p.close()

@@ -11,20 +11,19 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import String
+
+from qt_ros.nodes.qos import EPISODE_EVENTS_QOS, INSTRUCTION_QOS
 
 from conftest import REPO, python_args
 
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                       reliability=ReliabilityPolicy.RELIABLE)
-LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                     reliability=ReliabilityPolicy.RELIABLE,
-                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
-EVENTS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                    reliability=ReliabilityPolicy.RELIABLE,
-                    durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# The nodes' own profiles: the tests talk to them exactly as other nodes do.
+LATCHED = INSTRUCTION_QOS
+EVENTS = EPISODE_EVENTS_QOS
 SENSOR = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                     reliability=ReliabilityPolicy.BEST_EFFORT)
 FASTDDS_PROFILE = REPO / "config" / "fastdds_shm.xml"

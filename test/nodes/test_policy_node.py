@@ -18,12 +18,10 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from policy_node_support import (
     EVENTS,
     SENSOR,
-    Probe,
     camera_args,
     make_checkpoint,
     messages,
     policy_node_args,
-    with_fastdds_profile,
 )
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64
@@ -51,18 +49,6 @@ def checkpoints(tmp_path_factory):
         "nan": make_checkpoint(root / "nan", nan_output=True),
         "state": make_checkpoint(root / "state", state_dim=3, state_weight=1.0),
     }
-
-
-@pytest.fixture
-def env(ros_env):
-    return with_fastdds_profile(ros_env)
-
-
-@pytest.fixture
-def probe(env):
-    p = Probe(int(env["ROS_DOMAIN_ID"]))
-    yield p
-    p.close()
 
 
 def is_hold(msg: TwistStamped) -> bool:

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 from geometry_msgs.msg import TwistStamped
-from policy_node_support import EVENTS, RELIABLE, SENSOR, Probe, messages, with_fastdds_profile
+from policy_node_support import EVENTS, RELIABLE, SENSOR, messages
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
@@ -34,18 +34,6 @@ def sim_args(**params) -> list[str]:
                         **params}.items():
         args += ["-p", f"{name}:={value}"]
     return args
-
-
-@pytest.fixture
-def env(ros_env):
-    return with_fastdds_profile(ros_env)
-
-
-@pytest.fixture
-def probe(env):
-    p = Probe(int(env["ROS_DOMAIN_ID"]))
-    yield p
-    p.close()
 
 
 def alive_wait(proc, predicate, timeout, what):
