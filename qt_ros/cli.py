@@ -20,18 +20,21 @@ from qt_ros import __version__
 
 # verb -> (module, one-line help); a dict value instead of a tuple is a group of sub-verbs.
 VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
-    "convert": ("qt_ros.core.convert", "convert episode bags (ours or teleop) to a dataset"),
+    "convert": ("qt_ros.commands.convert", "convert episode bags (ours or teleop) to a dataset"),
     "dataset": {
-        "info": ("qt_ros.core.dataset_info", "summarize a dataset and plot its episodes (PNG)"),
+        "info": ("qt_ros.commands.dataset_info", "summarize a dataset and plot its episodes (PNG)"),
     },
-    "repair": ("qt_ros.core.bag_repair", "reindex a bag a crash left incomplete, keeping its data"),
-    "train": ("qt_ros.core.train", "train a Q-Transformer offline on a dataset"),
+    "repair": ("qt_ros.commands.repair", "reindex a bag a crash left incomplete, keeping its data"),
+    "train": ("qt_ros.commands.train", "train a Q-Transformer offline on a dataset"),
     "bench": {
-        "act": ("qt_ros.bench.act", "time greedy action selection (JSON)"),
-        "train": ("qt_ros.bench.train", "time learner updates (JSON)"),
-        "record": ("qt_ros.bench.record", "recorder drops and CPU under camera load (JSON)"),
-        "convert": ("qt_ros.bench.convert", "bag-to-dataset conversion speed and memory (JSON)"),
-        "policy-node": ("qt_ros.bench.policy_node", "policy node latency, missed deadlines (JSON)"),
+        "act": ("qt_ros.commands.bench_act", "time greedy action selection (JSON)"),
+        "train": ("qt_ros.commands.bench_train", "time learner updates (JSON)"),
+        "record": ("qt_ros.commands.bench_record",
+                   "recorder drops and CPU under camera load (JSON)"),
+        "convert": ("qt_ros.commands.bench_convert",
+                    "bag-to-dataset conversion speed and memory (JSON)"),
+        "policy-node": ("qt_ros.commands.bench_policy_node",
+                        "policy node latency, missed deadlines (JSON)"),
     },
 }
 

@@ -396,7 +396,7 @@ class Demo:
         """First and last training frame of the first demonstration and policy episode."""
         if not (self.paths["dataset"] / "dataset.json").exists():
             return []
-        from qt_ros.core.dataset_store import DatasetStore
+        from qt_ros.data.dataset_store import DatasetStore
 
         store = DatasetStore(self.paths["dataset"])
         frames = []
@@ -424,7 +424,7 @@ class Demo:
         step = json.loads(config_path.read_text()).get("step") if config_path.exists() else None
         dataset = {}
         if (self.paths["dataset"] / "dataset.json").exists():
-            from qt_ros.core.dataset_store import DatasetStore
+            from qt_ros.data.dataset_store import DatasetStore
 
             store = DatasetStore(self.paths["dataset"])
             dataset = {"episodes": len(store.episodes), "steps": store.num_steps,

@@ -146,7 +146,7 @@ def make_checkpoint(directory: Path, *, terminate: bool = False, state_dim: int 
     """
     import torch
 
-    from qt_ros.core.checkpoint import load_model, make_random_checkpoint, save_checkpoint
+    from qt_ros.qtransformer.checkpoint import load_model, make_random_checkpoint, save_checkpoint
 
     overrides = {"state_dim": state_dim} if state_dim else {}
     path = make_random_checkpoint(directory, preset="tiny", seed=seed, **overrides)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from qt_ros.core.dataset_store import DatasetStore
+from qt_ros.data.dataset_store import DatasetStore
 
 from conftest import REPO
 

@@ -57,6 +57,17 @@ def test_invalid_package_xml_is_rejected(tmp_path):
         parse_package(tmp_path / "package.xml").validate()
 
 
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
 def test_every_imported_ros_package_is_declared():
     package = parse_package(REPO / "package.xml")
     declared = {d.name for d in package.build_depends + package.exec_depends
@@ -75,21 +86,45 @@ def test_every_imported_ros_package_is_declared():
     assert not missing, f"ROS packages used but not declared in package.xml: {missing}"
 
 
+# The core: every package but the ROS 2 shell (qt_ros.nodes) and the demo that starts its nodes.
+CORE_PACKAGES = ("qtransformer", "episodes", "data", "sim", "control", "commands")
+# Verbs that measure the ROS nodes: they import rclpy inside run(), never at import time.
+ROS_VERBS = {"qt_ros/commands/bench_record.py", "qt_ros/commands/bench_policy_node.py"}
+
+
+def _core_sources() -> list[Path]:
+    return sorted(p for package in CORE_PACKAGES for p in REPO.glob(f"qt_ros/{package}/**/*.py"))
+
+
 def test_core_never_imports_ros():
     ros = _ament_packages() | ROS_ONLY_ON_ROBOTS
+    sources = _core_sources()
+    assert len(sources) > 30, "the core packages moved: update CORE_PACKAGES"
     offenders = {str(p.relative_to(REPO)): sorted(_imported_top_levels(p) & (ros - {"qt_ros"}))
-                 for p in REPO.glob("qt_ros/core/**/*.py")}
+                 for p in sources if str(p.relative_to(REPO)) not in ROS_VERBS}
     assert not {k: v for k, v in offenders.items() if v}
+    shell = {str(p.relative_to(REPO)): sorted(
+        m for m in _imported_modules(p) if m.startswith(("qt_ros.nodes", "qt_ros.msg",
+                                                         "qt_ros.srv")))
+        for p in sources if str(p.relative_to(REPO)) not in ROS_VERBS}
+    assert not {k: v for k, v in shell.items() if v}, "the core imports the ROS shell"
     # And at run time: importing every core module pulls in no ROS module.
-    modules = [".".join(p.relative_to(REPO).with_suffix("").parts)
-               for p in REPO.glob("qt_ros/core/**/*.py")]
+    modules = [".".join(p.relative_to(REPO).with_suffix("").parts) for p in sources]
     code = ("import importlib, sys\n"
             f"for m in {modules!r}: importlib.import_module(m)\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'rclpy'"
-            " or m.startswith(('qt_ros.msg', 'qt_ros.srv', 'rosidl')))\n"
+            " or m.startswith(('qt_ros.msg', 'qt_ros.srv', 'qt_ros.nodes', 'rosidl')))\n"
             "print(bad); sys.exit(1 if bad else 0)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_two_modules_share_a_name():
+    names: dict[str, list[str]] = {}
+    for path in REPO.glob("qt_ros/**/*.py"):
+        if path.name not in ("__init__.py", "__main__.py"):
+            names.setdefault(path.stem, []).append(str(path.relative_to(REPO)))
+    assert not {k: v for k, v in names.items() if len(v) > 1}
 
 
 def test_layout_for_colcon_and_ros2_run():
@@ -143,7 +178,7 @@ def test_pip_install_without_ros(tmp_path):
     # torch pinned first: it resolves to the local CPU build instead of a CUDA download.
     run(py, "-m", "pip", "install", "-q", "torch==2.13.0")
     run(py, "-m", "pip", "install", "-q", "-c", str(REPO / "requirements/lock.txt"), str(REPO))
-    out = run(py, "-c", "import sys, qt_ros, qt_ros.core.tokenizer, qt_ros.core.images; "
+    out = run(py, "-c", "import sys, qt_ros, qt_ros.qtransformer.tokenizer, qt_ros.data.images; "
                         "print(qt_ros.__version__, 'rclpy' in sys.modules)")
     assert out.split() == ["0.1.0", "False"]
     assert "rclpy" not in run(py, "-m", "pip", "list")

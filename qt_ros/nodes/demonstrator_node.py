@@ -1,8 +1,8 @@
 """Scripted demonstrations for the simulated robot, sent as a teleoperator would send them.
 
-A node named ``demonstrator`` around :class:`qt_ros.core.demonstrator.ScriptedDemonstrator`.
+A node named ``demonstrator`` around :class:`qt_ros.sim.demonstrator.ScriptedDemonstrator`.
 It reads the simulator's privileged state (``sim_robot/state``, std_msgs/Float64MultiArray,
-see :data:`qt_ros.core.sim.STATE_NAMES`) and answers every state with the commands the policy
+see :data:`qt_ros.sim.simulator.STATE_NAMES`) and answers every state with the commands the policy
 node would send: ``arm_command`` (geometry_msgs/TwistStamped, the delta divided by the control
 period) and ``gripper_command`` (std_msgs/Float64, 0 open .. 1 closed). The recorder records
 these like any teleoperated demonstration (``qt-ros convert --mapping``).
@@ -24,20 +24,17 @@ import numpy as np
 from geometry_msgs.msg import TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import SetBool
 
-from qt_ros.core.demonstrator import DemonstratorConfig, ScriptedDemonstrator
-from qt_ros.core.sim import TASKS, SimConfig, SimState
 from qt_ros.msg import EpisodeEvent
-from qt_ros.nodes.qos import COMMAND_QOS, EPISODE_EVENTS_QOS
+from qt_ros.nodes.qos import COMMAND_QOS, EPISODE_EVENTS_QOS, LATEST_STATE_QOS
 from qt_ros.nodes.runner import run_node
+from qt_ros.sim.demonstrator import DemonstratorConfig, ScriptedDemonstrator
+from qt_ros.sim.simulator import TASKS, SimConfig, SimState
 from qt_ros.srv import EndEpisode
 
 NODE_NAME = "demonstrator"
-STATE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                       reliability=ReliabilityPolicy.RELIABLE)
 
 PARAMETERS: dict[str, tuple[object, str]] = {
     "task": ("lift", f"the simulator's task: {', '.join(TASKS)}"),
@@ -78,7 +75,8 @@ class DemonstratorNode(Node):
         self.enabled = False
         self.arm_pub = self.create_publisher(TwistStamped, "arm_command", COMMAND_QOS)
         self.gripper_pub = self.create_publisher(Float64, "gripper_command", COMMAND_QOS)
-        self.create_subscription(Float64MultiArray, "sim_robot/state", self._on_state, STATE_QOS)
+        self.create_subscription(Float64MultiArray, "sim_robot/state", self._on_state,
+                                 LATEST_STATE_QOS)
         self.create_subscription(EpisodeEvent, "episode_events", self._on_event,
                                  EPISODE_EVENTS_QOS)
         self.create_service(SetBool, "~/enable", self._on_enable)

@@ -15,20 +15,16 @@ import time
 from dataclasses import dataclass
 
 import rclpy
+from lifecycle_msgs.msg import State
 from lifecycle_msgs.srv import GetState
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
 
 from qt_ros.msg import EpisodeEvent
-from qt_ros.nodes.qos import EPISODE_EVENTS_QOS
+from qt_ros.nodes.qos import EPISODE_EVENTS_QOS, RELIABLE_QOS
 from qt_ros.srv import EndEpisode, LabelEpisode, StartEpisode
-
-RELIABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                          reliability=ReliabilityPolicy.RELIABLE)
-LIFECYCLE_ACTIVE = 3  # lifecycle_msgs/State.PRIMARY_STATE_ACTIVE
 
 
 class DriverError(RuntimeError):
@@ -120,7 +116,7 @@ class EpisodeDriver:
         while True:
             try:  # a node busy configuring (loading its model) answers only afterwards
                 state = self.call(GetState, name, GetState.Request(), timeout=2.0)
-                if state.current_state.id == LIFECYCLE_ACTIVE:
+                if state.current_state.id == State.PRIMARY_STATE_ACTIVE:
                     return
                 label = state.current_state.label
             except DriverError:

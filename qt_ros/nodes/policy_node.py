@@ -9,7 +9,7 @@ Control: a steady timer ticks at ``control_rate``. Each tick acts on the first c
 received after it (so the model sees the freshest observation); if none arrives within
 ``max_frame_wait`` it acts on the newest frame not yet used. Frames are never queued: the image
 subscription keeps only the newest one. Commands pass the safety filter of
-``qt_ros.core.safety`` and an adapter of ``qt_ros.nodes.adapters``; every step publishes a
+``qt_ros.control.safety`` and an adapter of ``qt_ros.nodes.adapters``; every step publishes a
 ``PolicyStep`` (bins, Q values, receipt-to-publish time).
 
 Safety: nothing is sent before the first valid frame and instruction, nor while disabled (the
@@ -38,13 +38,18 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
-from qt_ros.core.images import ImageConversionError, to_rgb8
-from qt_ros.core.safety import CommandGate, Freshness, SafetyFilter, SafetyLimits, non_finite_dims
+from qt_ros.control.safety import (
+    CommandGate,
+    Freshness,
+    SafetyFilter,
+    SafetyLimits,
+    non_finite_dims,
+)
+from qt_ros.data.images import ImageConversionError, to_rgb8
 from qt_ros.msg import EpisodeEvent, PolicyStep
 from qt_ros.nodes.adapters import (
     AdapterConfigError,
@@ -53,22 +58,19 @@ from qt_ros.nodes.adapters import (
     GripperAdapter,
     GripperConfig,
 )
-from qt_ros.nodes.qos import COMMAND_QOS, EPISODE_EVENTS_QOS, INSTRUCTION_QOS
+from qt_ros.nodes.qos import (
+    COMMAND_QOS,
+    EPISODE_EVENTS_QOS,
+    INSTRUCTION_QOS,
+    LATEST_SENSOR_QOS,
+    POLICY_STEP_QOS,
+)
 from qt_ros.nodes.runner import run_node
 from qt_ros.srv import EndEpisode
 
 NODE_NAME = "policy"
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
-
-# Only the newest frame matters; best effort is the camera drivers' (sensor data) QoS.
-IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                       reliability=ReliabilityPolicy.BEST_EFFORT,
-                       durability=DurabilityPolicy.VOLATILE)
-# A node started after the instruction was published still gets it.
-POLICY_STEP_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                             reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.VOLATILE)
 
 DEFAULT_ARM_DIMENSIONS = ["x", "y", "z", "roll", "pitch", "yaw"]
 # Per control step, in the policy's units (default tokenizer: m and rad per step, gripper 0..1).
@@ -307,7 +309,7 @@ class PolicyNode(LifecycleNode):
                               "checkpoint:=/path/to/checkpoint`")
         import torch
 
-        from qt_ros.core.checkpoint import load_policy
+        from qt_ros.qtransformer.checkpoint import load_policy
 
         threads = int(self._param("num_threads"))
         if threads > 0:
@@ -341,7 +343,8 @@ class PolicyNode(LifecycleNode):
     def _create_entities(self) -> None:
         image_type, image_topic = ((Image, "image") if self._transport == "raw"
                                    else (CompressedImage, "image/compressed"))
-        image_sub = self.create_subscription(image_type, image_topic, self._on_image, IMAGE_QOS)
+        image_sub = self.create_subscription(image_type, image_topic, self._on_image,
+                                             LATEST_SENSOR_QOS)
         self._image_topic = image_sub.topic_name
         self._step_pub = self.create_publisher(PolicyStep, "policy_step", POLICY_STEP_QOS)
         self._arm_pub = self.create_publisher(self._arm.msg_type, "arm_command", COMMAND_QOS)
@@ -357,10 +360,10 @@ class PolicyNode(LifecycleNode):
             self._entities.append(self._gripper_pub)
         if self._use_joint_states:
             self._entities.append(self.create_subscription(
-                JointState, "joint_states", self._on_joint_states, IMAGE_QOS))
+                JointState, "joint_states", self._on_joint_states, LATEST_SENSOR_QOS))
         if self._state_source == "pose":
             self._entities.append(self.create_subscription(
-                PoseStamped, "pose", self._on_pose, IMAGE_QOS))
+                PoseStamped, "pose", self._on_pose, LATEST_SENSOR_QOS))
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._restart()

@@ -1,7 +1,7 @@
 """recorder_node: records every episode into its own rosbag2 (MCAP) bag, with its label.
 
 Subscriptions are ``raw=True``: the serialized CDR bytes go straight to the bag writer of
-:mod:`qt_ros.core.recorder` (no deserialization on the robot, no rosbag2 needed). The node only
+:mod:`qt_ros.episodes.recorder` (no deserialization on the robot, no rosbag2 needed). The node only
 turns ROS callbacks and services into calls of that core and publishes ``episode_events``.
 
 Services: ``~/start_episode`` (StartEpisode), ``~/end_episode`` (EndEpisode),
@@ -22,29 +22,18 @@ from pathlib import Path
 
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-    qos_profile_sensor_data,
-)
 from rclpy.serialization import deserialize_message
 from rosbags.typesys import get_types_from_msg
 from std_msgs.msg import String
 
-from qt_ros.core.recorder import (
-    ENDED,
-    ERROR,
-    LABELLED,
-    STARTED,
+from qt_ros.episodes.recorder import (
     EpisodeRecorder,
     RecorderConfig,
     RecorderError,
     event_fields,
 )
 from qt_ros.msg import EpisodeEvent, PolicyStep
-from qt_ros.nodes.qos import EPISODE_EVENTS_QOS
+from qt_ros.nodes.qos import EPISODE_EVENTS_QOS, RECORDER_QOS_NAMES, recorder_qos
 from qt_ros.nodes.runner import run_node
 from qt_ros.srv import EndEpisode, LabelEpisode, StartEpisode
 
@@ -74,12 +63,11 @@ PARAMETERS: dict[str, tuple] = {
     "max_queue_mb": (512.0, "MB of messages waiting for the disk before messages are dropped"),
     "sensor_qos_depth": (10, "queue depth of the best-effort (sensor data) subscriptions"),
 }
-QOS_NAMES = ("sensor_data", "reliable", "latched")
 FIXED_TYPES = ("instruction", "policy_step")  # roles whose type has no parameter
 
 
 class RecorderNode(Node):
-    """Thin ROS shell around :class:`qt_ros.core.recorder.EpisodeRecorder`."""
+    """Thin ROS shell around :class:`qt_ros.episodes.recorder.EpisodeRecorder`."""
 
     def __init__(self) -> None:
         super().__init__("recorder")
@@ -152,15 +140,7 @@ class RecorderNode(Node):
 
     def _subscribe(self, topic: str, msgtype: str, qos: str, role: str) -> None:
         cls = _message_class(msgtype)
-        profile = {"sensor_data": QoSProfile(depth=self._sensor_depth,
-                                             history=HistoryPolicy.KEEP_LAST,
-                                             reliability=qos_profile_sensor_data.reliability,
-                                             durability=qos_profile_sensor_data.durability),
-                   "reliable": QoSProfile(depth=50, history=HistoryPolicy.KEEP_LAST,
-                                          reliability=ReliabilityPolicy.RELIABLE),
-                   "latched": QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
-                                         reliability=ReliabilityPolicy.RELIABLE,
-                                         durability=DurabilityPolicy.TRANSIENT_LOCAL)}[qos]
+        profile = recorder_qos(qos, self._sensor_depth)
         name = self._resolve(topic)
         msgdef = rihs01 = None
         if msgtype not in self.recorder.typestore.fielddefs:
@@ -198,7 +178,7 @@ class RecorderNode(Node):
             outcome, reason = due
             if outcome == "aborted":  # a disk or write failure, not a timeout
                 self.get_logger().error(reason)
-                self._publish(ERROR, self.recorder.active_record or {}, reason)
+                self._publish(EpisodeEvent.ERROR, self.recorder.active_record or {}, reason)
             self._end(outcome, -1.0, reason)
 
     def _on_start(self, request, response):
@@ -208,7 +188,7 @@ class RecorderNode(Node):
         except RecorderError as exc:
             response.success, response.message = False, str(exc)
             self.get_logger().error(str(exc))
-            self._publish(ERROR, {"episode_id": request.episode_id,
+            self._publish(EpisodeEvent.ERROR, {"episode_id": request.episode_id,
                                   "instruction": request.instruction}, str(exc))
             return response
         response.success = True
@@ -216,7 +196,7 @@ class RecorderNode(Node):
         response.bag_path = str(self.recorder.record_dir / record["bag"])
         response.message = f"recording episode {record['episode_id']}"
         self.get_logger().info(f"{response.message}: '{record['instruction']}'")
-        self._publish(STARTED, record, "started")
+        self._publish(EpisodeEvent.STARTED, record, "started")
         return response
 
     def _on_end(self, request, response):
@@ -242,7 +222,7 @@ class RecorderNode(Node):
         response.message = (f"episode {request.episode_id} labelled {record['outcome']} "
                             f"(reward {record['reward']:g})")
         self.get_logger().info(response.message)
-        self._publish(LABELLED, record, response.message)
+        self._publish(EpisodeEvent.LABELLED, record, response.message)
         return response
 
     # -- helpers ------------------------------------------------------------------------------
@@ -259,9 +239,9 @@ class RecorderNode(Node):
     def _announce_end(self, record: dict, message: str) -> None:
         if "error" in record:
             self.get_logger().error(record["error"])
-            self._publish(ERROR, record, record["error"])
+            self._publish(EpisodeEvent.ERROR, record, record["error"])
         self.get_logger().info(message)
-        self._publish(ENDED, record, record.get("end_reason", message))
+        self._publish(EpisodeEvent.ENDED, record, record.get("end_reason", message))
 
     def _publish(self, kind: int, record: dict, message: str) -> None:
         fields = event_fields(kind, record, message, str(self.recorder.record_dir))
@@ -291,8 +271,9 @@ def _parse_extra(spec: str) -> tuple[str, str, str]:
         raise ValueError(f"extra_topics entry '{spec}' is not 'TOPIC:TYPE[:QOS]' "
                          f"(e.g. '/tf:tf2_msgs/msg/TFMessage:reliable')")
     qos = parts[2] if len(parts) == 3 else "reliable"
-    if qos not in QOS_NAMES:
-        raise ValueError(f"extra_topics entry '{spec}': QoS '{qos}' is not one of {QOS_NAMES}")
+    if qos not in RECORDER_QOS_NAMES:
+        raise ValueError(f"extra_topics entry '{spec}': QoS '{qos}' is not one of "
+                         f"{RECORDER_QOS_NAMES}")
     return parts[0], parts[1], qos
 
 

@@ -1,6 +1,6 @@
 """The simulated robot as a ROS 2 node: arm + gripper commands in, camera and state out.
 
-A node named ``sim_robot`` around :class:`qt_ros.core.sim.TabletopSim` (MuJoCo, offscreen). A
+A node named ``sim_robot`` around :class:`qt_ros.sim.simulator.TabletopSim` (MuJoCo, offscreen). A
 steady timer steps the physics one control period per tick, with the latest commands:
 
 - ``arm_command`` (geometry_msgs/TwistStamped, m/s; the policy node's ``twist`` adapter): the
@@ -13,7 +13,7 @@ steady timer steps the physics one control period per tick, with the latest comm
 Every tick publishes ``joint_states`` (sensor_msgs/JointState: ee_x ee_y ee_z finger_left
 finger_right, metres), ``task_success`` (std_msgs/Bool, the task's success detector) and
 ``~/state`` (std_msgs/Float64MultiArray: the privileged state, in the order of
-``qt_ros.core.sim.STATE_NAMES``, for the scripted demonstrator). ``image`` (sensor_msgs/Image
+``qt_ros.sim.simulator.STATE_NAMES``, for the scripted demonstrator). ``image`` (sensor_msgs/Image
 rgb8) is rendered at ``camera_rate``. The task's instruction goes out once on ``instruction``
 (std_msgs/String, reliable + transient local) unless ``publish_instruction`` is false.
 
@@ -39,13 +39,21 @@ from geometry_msgs.msg import TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
 
-from qt_ros.core.images import numpy_to_image
-from qt_ros.core.sim import (
+from qt_ros.data.images import numpy_to_image
+from qt_ros.msg import EpisodeEvent
+from qt_ros.nodes.qos import (
+    COMMAND_QOS,
+    EPISODE_EVENTS_QOS,
+    INSTRUCTION_QOS,
+    RELIABLE_QOS,
+    SENSOR_QOS,
+)
+from qt_ros.nodes.runner import run_node
+from qt_ros.sim.simulator import (
     JOINT_NAMES,
     STATE_NAMES,
     TASKS,
@@ -53,19 +61,9 @@ from qt_ros.core.sim import (
     SimRenderError,
     TabletopSim,
 )
-from qt_ros.msg import EpisodeEvent
-from qt_ros.nodes.qos import COMMAND_QOS, EPISODE_EVENTS_QOS, INSTRUCTION_QOS
-from qt_ros.nodes.runner import run_node
 from qt_ros.srv import LabelEpisode
 
 NODE_NAME = "sim_robot"
-# A camera driver's QoS: best effort, only the newest frames matter.
-SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
-                        reliability=ReliabilityPolicy.BEST_EFFORT,
-                        durability=DurabilityPolicy.VOLATILE)
-RELIABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                          reliability=ReliabilityPolicy.RELIABLE)
-
 # name -> (default, description)
 PARAMETERS: dict[str, tuple[object, str]] = {
     "task": ("lift", f"task: {', '.join(f'{k} ({v!r})' for k, v in TASKS.items())}"),

@@ -21,19 +21,13 @@ import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from qt_ros.core.images import numpy_to_compressed, numpy_to_image
+from qt_ros.data.images import numpy_to_compressed, numpy_to_image
+from qt_ros.nodes.qos import INSTRUCTION_QOS, LATEST_SENSOR_QOS
 
-SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                        reliability=ReliabilityPolicy.BEST_EFFORT,
-                        durability=DurabilityPolicy.VOLATILE)
-LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                         reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 MALFORMED = ("none", "size", "encoding", "jpeg")
 
 
@@ -57,11 +51,12 @@ class SyntheticCamera(Node):
         self._limit = args.count
         self._messages = self._build(args)
         if args.transport == "raw":
-            self._pub = self.create_publisher(Image, "image", SENSOR_QOS)
+            self._pub = self.create_publisher(Image, "image", LATEST_SENSOR_QOS)
         else:
-            self._pub = self.create_publisher(CompressedImage, "image/compressed", SENSOR_QOS)
+            self._pub = self.create_publisher(CompressedImage, "image/compressed",
+                                              LATEST_SENSOR_QOS)
         if args.instruction:
-            self._instruction_pub = self.create_publisher(String, "instruction", LATCHED_QOS)
+            self._instruction_pub = self.create_publisher(String, "instruction", INSTRUCTION_QOS)
             self._instruction_pub.publish(String(data=args.instruction))
         self._timer = self.create_timer(1.0 / args.rate, self._publish)
 

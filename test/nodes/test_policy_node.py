@@ -27,7 +27,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64
 from std_srvs.srv import SetBool
 
-from qt_ros.core.safety import SafetyFilter, SafetyLimits
+from qt_ros.control.safety import SafetyFilter, SafetyLimits
 from qt_ros.msg import EpisodeEvent, PolicyStep
 from qt_ros.nodes.policy_node import DEFAULT_LOWER, DEFAULT_MAX_CHANGE, DEFAULT_UPPER
 from qt_ros.srv import StartEpisode

@@ -24,12 +24,12 @@ from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float64
 
-from qt_ros.core.bags import BagReader
-from qt_ros.core.catalog import EpisodeCatalog
-from qt_ros.core.dataset_store import DatasetStore
-from qt_ros.core.tokenizer import ActionTokenizer
+from qt_ros.data.dataset_store import DatasetStore
+from qt_ros.episodes.bags import BagReader
+from qt_ros.episodes.catalog import EpisodeCatalog
 from qt_ros.msg import EpisodeEvent, PolicyStep
 from qt_ros.nodes.recorder_node import _definition_from_class
+from qt_ros.qtransformer.tokenizer import ActionTokenizer
 from qt_ros.srv import EndEpisode, LabelEpisode, StartEpisode
 
 from conftest import REPO, python_args, wait_for

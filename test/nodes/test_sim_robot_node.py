@@ -17,9 +17,9 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
-from qt_ros.core.images import image_to_numpy
-from qt_ros.core.sim import JOINT_NAMES, STATE_NAMES, TASKS, SimState
+from qt_ros.data.images import image_to_numpy
 from qt_ros.msg import EpisodeEvent
+from qt_ros.sim.simulator import JOINT_NAMES, STATE_NAMES, TASKS, SimState
 from qt_ros.srv import StartEpisode
 
 from conftest import python_args, wait_for

@@ -1,1 +1,0 @@
-"""Benchmarks: each verb prints one JSON object to stdout."""

@@ -1,0 +1,264 @@
+"""``qt-ros convert BAG... --out DATASET``: episode bags -> the training dataset.
+
+Reads qt_ros episode bags (``recorder_node``; complete, or incomplete after a crash) and plain
+``ros2 bag record`` bags (MCAP or sqlite3) described by a topic mapping (``--mapping``, see
+:mod:`qt_ros.data.topic_mapping`). Each bag is converted in a worker process
+(:mod:`qt_ros.data.episode_conversion`) and appended to the dataset
+(:mod:`qt_ros.data.dataset_store`); bags already in the dataset are skipped. A bag that cannot be
+converted (corrupt, truncated, empty, a missing topic, images in an unknown encoding) is reported
+with the reason and skipped; the others are converted.
+
+Exit status: 0 when every bag was converted or skipped as already converted, 1 when some failed,
+2 when nothing could be done (bad options, mapping or dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from tqdm import tqdm
+
+from qt_ros.data.dataset_store import DatasetError, DatasetStore, DatasetWriter
+from qt_ros.data.episode_conversion import (
+    ConvertedEpisode,
+    ConvertOptions,
+    EpisodeError,
+    Skipped,
+    convert_bag,
+)
+from qt_ros.data.images import ImageConversionError
+from qt_ros.data.topic_mapping import MappingError, TopicMapping
+from qt_ros.episodes.bags import BagError, BagReader, find_bags
+from qt_ros.qtransformer.tokenizer import ActionTokenizer
+
+DEFAULT_IMAGE_SIZE = (128, 128)
+DEFAULT_GAMMA = 0.98
+_DIED = ("a conversion worker process died (killed, or out of memory?) before finishing this "
+         "bag; retry with fewer --workers")
+_NOT_RUN = "not converted: a worker process died earlier in this run; run the command again"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bags", nargs="+", metavar="BAG",
+                        help="bag directories, or directories holding bags (a record_dir)")
+    parser.add_argument("--out", required=True, metavar="DATASET",
+                        help="dataset directory (created, or appended to)")
+    parser.add_argument("--mapping", metavar="YAML",
+                        help="topic mapping for bags not written by recorder_node")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="parallel conversion processes (default: min(4, cores))")
+    parser.add_argument("--image-size", metavar="HxW",
+                        help="training resolution, e.g. 128 or 96x128 (default: the dataset's, "
+                             "else 128x128)")
+    parser.add_argument("--max-image-age", type=float, metavar="S",
+                        help="drop steps whose latest image is older (default: mapping's, 0.2)")
+    parser.add_argument("--rate", type=float, metavar="HZ",
+                        help="fixed control rate for mapped bags without a step topic")
+    parser.add_argument("--gamma", type=float,
+                        help=f"discount of the stored MC returns (default: the dataset's, else "
+                             f"{DEFAULT_GAMMA})")
+    parser.add_argument("--tokenizer", metavar="JSON",
+                        help="action tokenizer: a JSON file of ActionTokenizer.to_config(), or "
+                             "a checkpoint directory / config.json (default: the dataset's, else "
+                             "the default tokenizer)")
+    parser.add_argument("--shard-steps", type=int, default=20000,
+                        help="rows per shard before a new one starts")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        options = _options(args)
+    except (MappingError, DatasetError, ValueError, OSError) as exc:
+        print(f"qt-ros convert: {exc}", file=sys.stderr)
+        return 2
+    bags = find_bags(args.bags)
+    try:
+        writer = DatasetWriter(args.out, image_size=options.image_size,
+                               tokenizer=options.tokenizer, gamma=options.gamma,
+                               shard_steps=args.shard_steps)
+    except (DatasetError, OSError) as exc:
+        print(f"qt-ros convert: {exc}", file=sys.stderr)
+        return 2
+    summary = Summary()
+    started = time.perf_counter()
+    with writer:
+        converted = {e["key"]: e.get("outcome") for e in writer.episodes}
+        bar = tqdm(total=len(bags), unit="bag", desc="convert", file=sys.stderr,
+                   disable=args.quiet, dynamic_ncols=True)
+        for bag, result in _results(bags, options, writer.keys, args.workers):
+            if isinstance(result, ConvertedEpisode):
+                try:
+                    index = writer.append(result.record, result.arrays)
+                except DatasetError as exc:
+                    summary.failed.append((bag, str(exc)))
+                else:
+                    if index is None:
+                        summary.skipped.append(bag)
+                    else:
+                        summary.converted.append(bag)
+                        summary.steps += result.record["length"]
+                        summary.dropped += sum(result.record["dropped"].values())
+                        summary.warnings += [(bag, w) for w in result.warnings]
+            elif isinstance(result, Skipped):
+                summary.skipped.append(bag)
+                old = converted.get(result.key)
+                if result.outcome and old and result.outcome != old:
+                    summary.warnings.append((bag, f"relabelled {result.outcome} after its "
+                                                  f"conversion ({old} in the dataset); convert "
+                                                  f"into a new dataset to use the new label"))
+            else:
+                summary.failed.append((bag, result))
+            bar.update(1)
+            bar.set_postfix(steps=summary.steps, failed=len(summary.failed))
+        bar.close()
+    summary.seconds = time.perf_counter() - started
+    store = DatasetStore(args.out)
+    print(summary.text(args.out, len(store.episodes), store.num_steps))
+    return 1 if summary.failed else 0
+
+
+class Summary:
+    def __init__(self) -> None:
+        self.converted: list[str] = []
+        self.skipped: list[str] = []
+        self.failed: list[tuple[str, str]] = []
+        self.warnings: list[tuple[str, str]] = []
+        self.steps = 0
+        self.dropped = 0
+        self.seconds = 0.0
+
+    def text(self, out: str, episodes: int, steps: int) -> str:
+        lines = [f"converted {len(self.converted)} bag(s) ({self.steps} steps, {self.dropped} "
+                 f"dropped) in {self.seconds:.2f} s; skipped {len(self.skipped)} already "
+                 f"converted; failed {len(self.failed)}"]
+        for bag, why in self.failed:
+            lines.append(f"  FAILED {bag}: {why}")
+        for bag, why in self.warnings:
+            lines.append(f"  warning {bag}: {why}")
+        lines.append(f"dataset {out}: {episodes} episode(s), {steps} step(s)")
+        return "\n".join(lines)
+
+
+def _options(args: argparse.Namespace) -> ConvertOptions:
+    existing = DatasetStore(args.out) if (Path(args.out) / "dataset.json").exists() else None
+    if args.image_size:
+        image_size = parse_image_size(args.image_size)
+    else:
+        image_size = existing.image_size if existing else DEFAULT_IMAGE_SIZE
+    gamma = args.gamma if args.gamma is not None else (
+        existing.gamma if existing else DEFAULT_GAMMA)
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"--gamma must be in (0, 1], got {gamma}")
+    if args.tokenizer:
+        tokenizer = load_tokenizer_config(args.tokenizer)
+    else:
+        tokenizer = existing.tokenizer_config if existing else ActionTokenizer().to_config()
+    mapping = TopicMapping.from_yaml(args.mapping) if args.mapping else None
+    if args.workers < 1:
+        raise ValueError("--workers must be >= 1")
+    return ConvertOptions(tokenizer=tokenizer, image_size=image_size, gamma=gamma,
+                          mapping=mapping, max_image_age=args.max_image_age, rate=args.rate)
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """'128' -> (128, 128); '96x128' -> (96, 128) as (H, W)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise ValueError(f"--image-size must be N or HxW (pixels), got '{text}'")
+    return parts[0], parts[1]
+
+
+def load_tokenizer_config(path: str) -> dict:
+    """A tokenizer config from a JSON file, a checkpoint's config.json, or a checkpoint dir."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the tokenizer from {p}: {exc}") from exc
+    config = data.get("tokenizer", data) if isinstance(data, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError(f"{p} holds no tokenizer config")
+    return ActionTokenizer.from_config(config).to_config()
+
+
+def convert_one(task: tuple[str, ConvertOptions, frozenset[str]]):
+    """Worker: one bag -> ConvertedEpisode | Skipped | error text (never raises)."""
+    bag, options, skip = task
+    try:
+        return convert_bag(bag, options, skip)
+    except (BagError, EpisodeError, MappingError, ImageConversionError) as exc:
+        return str(exc).replace(f"{bag}: ", "", 1)
+    except Exception as exc:  # noqa: BLE001 - one bad bag must not stop the others
+        return f"unexpected {type(exc).__name__} while reading the bag: {exc}"
+
+
+def _results(bags: list[Path], options: ConvertOptions, skip: frozenset[str],
+             workers: int) -> Iterator[tuple[str, object]]:
+    tasks = [(str(b), options, skip) for b in bags]
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield task[0], convert_one(task)
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if method == "fork":
+        _warm_up(tasks[0][0])
+    ctx = multiprocessing.get_context(method)
+    # A bounded window of submitted bags keeps memory flat; results come back in bag order.
+    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx,
+                             initializer=_worker_init) as pool:
+        pending: deque = deque()
+        todo = iter(tasks)
+
+        def submit(task):
+            try:
+                return pool.submit(convert_one, task)
+            except BrokenProcessPool:
+                return None
+
+        for task in itertools.islice(todo, 2 * workers):
+            pending.append((task, submit(task)))
+        broken = False
+        while pending:
+            task, future = pending.popleft()
+            try:
+                result = future.result() if future is not None else _NOT_RUN
+            except BrokenProcessPool:
+                result = _NOT_RUN if broken else _DIED
+                broken = True
+            yield task[0], result
+            for nxt in itertools.islice(todo, 1):
+                pending.append((nxt, submit(nxt)))
+
+
+def _warm_up(bag: str) -> None:
+    """Build the message typestores once, before forking, so workers inherit them (building
+    one costs about as much as converting a short bag)."""
+    try:
+        BagReader.open(bag).close()
+    except Exception:  # noqa: BLE001 - the worker reports what is wrong with the bag
+        pass
+
+
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already

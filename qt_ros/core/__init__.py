@@ -1,1 +1,0 @@
-"""The ROS-free core: action tokenizer, model, learner, data, training and evaluation."""

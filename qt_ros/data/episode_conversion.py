@@ -1,0 +1,422 @@
+"""One bag -> one episode of training steps: alignment, images, tokens, reward, MC return.
+
+Control steps come from the command stream (every ``PolicyStep``, or every message of the mapping's
+``step`` topic) or from a fixed ``rate``. Each step takes the latest image received at or before
+it (bag log time); a step whose image is older than ``max_image_age``, or that has no image or no
+state yet, is dropped and counted by reason. Images are converted to RGB and resized once, to the
+training resolution (``cv2.INTER_AREA``, no crop). Actions are tokenized with the dataset's
+:class:`~qt_ros.qtransformer.tokenizer.ActionTokenizer`,
+or their bins are taken from ``PolicyStep``.
+
+Rewards are sparse (Q-Transformer): the episode's reward (1 for success, else 0, unless the label
+gave another value) at the last step, 0 before; ``done`` is 1 at the last step; the Monte Carlo
+return is ``mc_return[t] = sum_{j>=t} gamma^(j-t) reward[j]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qt_ros.data.dataset_store import mc_returns
+from qt_ros.data.images import ImageConversionError, resize_frame, to_rgb8
+from qt_ros.data.topic_mapping import (
+    EVENT_TYPE,
+    IMAGE_TYPES,
+    MappingError,
+    TopicMapping,
+    default_fields,
+    infer_roles,
+    mapping_from_roles,
+    read_fields,
+)
+from qt_ros.episodes.bags import BagError, BagReader, episode_metadata
+from qt_ros.episodes.catalog import reward_for
+from qt_ros.qtransformer.tokenizer import ActionTokenizer
+
+
+@dataclass
+class ConvertOptions:
+    """How bags become steps (the ``qt-ros convert`` options)."""
+
+    tokenizer: dict = field(default_factory=lambda: ActionTokenizer().to_config())
+    image_size: tuple[int, int] = (128, 128)  # (H, W)
+    gamma: float = 0.98
+    mapping: TopicMapping | None = None
+    max_image_age: float | None = None  # overrides the mapping's
+    rate: float | None = None  # overrides the mapping's
+
+
+@dataclass
+class ConvertedEpisode:
+    """The steps of one bag (arrays of equal length T) and the episode's record."""
+
+    key: str
+    record: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Skipped:
+    """A bag already in the dataset (its key); ``outcome`` is its current label, if it has one."""
+
+    key: str
+    bag: str
+    outcome: str | None = None
+
+
+class EpisodeError(Exception):
+    """A bag that cannot become an episode; the text names the bag and the problem."""
+
+
+def bag_fingerprint(bag: BagReader) -> str:
+    """Identity of a bag without episode metadata: its data files' names, sizes and first MiB."""
+    h = hashlib.sha1()
+    for f in bag._files:
+        h.update(f.name.encode())
+        h.update(str(f.stat().st_size).encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:20]
+
+
+def convert_bag(path: str | Path, options: ConvertOptions,
+                skip_keys: frozenset[str] = frozenset()) -> ConvertedEpisode | Skipped:
+    """Read one bag into steps; raises :class:`EpisodeError` (or BagError) saying what is wrong."""
+    path = Path(path)
+    with BagReader.open(path) as bag:
+        if bag.message_count == 0:
+            raise EpisodeError(f"{path}: the bag is empty (no messages)")
+        meta = episode_metadata(bag)
+        key = f"episode:{meta['episode_id']}" if meta.get("episode_id") else \
+            f"bag:{bag_fingerprint(bag)}"
+        if key in skip_keys:
+            return Skipped(key, str(path), meta.get("outcome"))
+        mapping = _mapping_for(bag, meta, options)
+        return _Converter(bag, meta, mapping, options, key).run()
+
+
+def _mapping_for(bag: BagReader, meta: dict[str, Any], options: ConvertOptions) -> TopicMapping:
+    types = {t: info.msgtype for t, info in bag.topics.items()}
+    roles = dict(meta.get("topics") or {})
+    if not roles and EVENT_TYPE in types.values():
+        roles = infer_roles(types)
+    if roles:
+        state = roles.get("state")
+        if state and (state not in bag.topics or bag.topics[state].count == 0):
+            roles.pop("state")  # recorded, but this robot publishes no state: S = 0
+        mapping = mapping_from_roles(roles).merged(options.mapping)
+    elif options.mapping is not None:
+        mapping = options.mapping
+    else:
+        raise EpisodeError(f"{bag.path}: not a qt_ros episode bag (no episode metadata) and no "
+                           f"--mapping given; write a topic mapping YAML for it (topics in the "
+                           f"bag: {_topic_list(bag)})")
+    if options.max_image_age is not None:
+        mapping.max_image_age = options.max_image_age
+    if options.rate is not None:
+        mapping.rate = options.rate
+    return mapping
+
+
+def _topic_list(bag: BagReader) -> str:
+    return ", ".join(f"{t} ({i.msgtype}, {i.count})" for t, i in bag.topics.items()) or "none"
+
+
+class _Converter:
+    def __init__(self, bag: BagReader, meta: dict[str, Any], mapping: TopicMapping,
+                 options: ConvertOptions, key: str) -> None:
+        self.bag, self.meta, self.m, self.options, self.key = bag, meta, mapping, options, key
+        self.tokenizer = ActionTokenizer.from_config(options.tokenizer)
+        self.where = str(bag.path)
+        self.dropped: Counter[str] = Counter()
+        self.warnings: list[str] = []
+        self.image_error = ""
+        # outputs, one entry per kept step
+        self.frames: list[np.ndarray] = []
+        self.states: list[np.ndarray] = []
+        self.actions: list[np.ndarray] = []
+        self.bins: list[np.ndarray] = []
+        self.times: list[int] = []
+        self.ages: list[float] = []
+        # stream state
+        self.images: deque = deque()
+        self.decoded: tuple[int, np.ndarray] | None = None
+        self.state: np.ndarray | None = None
+        self.state_fields: list[str] | None = None
+        self.held: dict[str, np.ndarray] = {}
+        self.instruction = ""
+        self.policy_instruction = ""
+        self.model_id = ""
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def _require(self, topic: str, role: str) -> str:
+        info = self.bag.topics.get(topic)
+        if not topic:
+            raise EpisodeError(f"{self.where}: no {role} topic is mapped (topics in the bag: "
+                               f"{_topic_list(self.bag)})")
+        if info is None or info.count == 0:
+            state = "has no messages on" if info is not None else "has no"
+            raise EpisodeError(f"{self.where}: the bag {state} {role} topic '{topic}' (topics in "
+                               f"the bag: {_topic_list(self.bag)})")
+        return info.msgtype
+
+    def run(self) -> ConvertedEpisode:
+        m = self.m
+        image_type = self._require(m.image, "image")
+        if image_type not in IMAGE_TYPES:
+            raise EpisodeError(f"{self.where}: image topic '{m.image}' has type {image_type}, "
+                               f"not one of {IMAGE_TYPES}")
+        try:
+            m.check_dims(self.tokenizer.names, self.tokenizer.terminate)
+        except MappingError as exc:
+            raise EpisodeError(f"{self.where}: {exc}") from exc
+        wanted = {m.image}
+        if m.actions:
+            for src in m.actions:
+                msgtype = self._require(src.topic, f"action ({', '.join(src.dims)})")
+                src.fields = src.fields or default_fields(msgtype, src.topic)
+                if src.initial is not None:
+                    self.held[src.topic] = self._scaled(src, np.broadcast_to(
+                        np.asarray(src.initial, dtype=np.float64), (len(src.dims),)))
+                wanted.add(src.topic)
+            if m.step:
+                if m.step not in {s.topic for s in m.actions}:
+                    raise EpisodeError(f"{self.where}: step topic '{m.step}' must be one of the "
+                                       f"action topics")
+            elif m.rate <= 0:
+                raise EpisodeError(f"{self.where}: the mapping needs 'step' (a command topic) or "
+                                   f"'rate' (Hz) to define control steps")
+        else:
+            self._require(m.policy_step, "policy_step")
+            wanted.add(m.policy_step)
+        if m.state is not None:
+            self._require(m.state.topic, "state")
+            wanted.add(m.state.topic)
+        if m.instruction_topic and m.instruction_topic in self.bag.topics:
+            wanted.add(m.instruction_topic)
+        self._stream(wanted)
+        return self._finish()
+
+    # -- streaming ----------------------------------------------------------------------------
+
+    def _stream(self, wanted: set[str]) -> None:
+        m = self.m
+        period = int(1e9 / m.rate) if (m.actions and not m.step and m.rate > 0) else 0
+        next_tick: int | None = None
+        last_t = 0
+        for topic, msgtype, t, data in self.bag.messages(wanted):
+            last_t = t
+            if period and next_tick is not None:
+                while next_tick <= t:
+                    self._command_step(next_tick)
+                    next_tick += period
+            if topic == m.image:
+                self.images.append((t, msgtype, data))
+                self._prune(t)
+            elif topic == m.policy_step and not m.actions:
+                self._policy_step(t, self.bag.deserialize(data, msgtype))
+            elif m.state is not None and topic == m.state.topic:
+                self._read_state(self.bag.deserialize(data, msgtype))
+            elif topic == m.instruction_topic:
+                if not self.instruction:
+                    self.instruction = str(self.bag.deserialize(data, msgtype).data)
+            else:
+                for src in m.actions:
+                    if src.topic == topic:
+                        msg = self.bag.deserialize(data, msgtype)
+                        self.held[topic] = self._scaled(src, read_fields(
+                            msg, src.fields or [], f"{self.where}: topic {topic}"))
+                if topic == m.step:
+                    self._command_step(t)
+            if period and next_tick is None and self._ready():
+                next_tick = t
+        if period and next_tick is not None and next_tick <= last_t:
+            self._command_step(next_tick)
+
+    def _prune(self, now: int) -> None:
+        horizon = now - int(self.m.max_image_age * 1e9) - 1
+        while len(self.images) > 1 and self.images[1][0] <= horizon:
+            self.images.popleft()
+
+    def _ready(self) -> bool:
+        return bool(self.images) and all(s.topic in self.held for s in self.m.actions)
+
+    def _scaled(self, src, values: np.ndarray) -> np.ndarray:
+        if values.shape != (len(src.dims),):
+            raise EpisodeError(f"{self.where}: topic {src.topic} gives {values.size} value(s) for "
+                               f"{len(src.dims)} action dimension(s) {src.dims}; fix 'fields' "
+                               f"or 'dims' in the mapping")
+        return values * np.broadcast_to(np.asarray(src.scale, dtype=np.float64), values.shape)
+
+    def _read_state(self, msg: Any) -> None:
+        if self.state_fields is None:
+            msgtype = getattr(msg, "__msgtype__", "")
+            self.state_fields = self.m.state.fields or default_fields(msgtype, self.m.state.topic)
+        self.state = read_fields(msg, self.state_fields,
+                                 f"{self.where}: state topic {self.m.state.topic}")
+
+    def _policy_step(self, t: int, msg: Any) -> None:
+        names = list(msg.dimension_names)
+        if names and names != self.tokenizer.names:
+            raise EpisodeError(f"{self.where}: policy steps have dimensions {names} but the "
+                               f"dataset's tokenizer has {self.tokenizer.names}; convert with the "
+                               f"policy's tokenizer (--tokenizer)")
+        episode = self.meta.get("episode_id")
+        if msg.episode_id and episode and msg.episode_id != episode:
+            self.dropped["other_episode"] += 1
+            return
+        bins = np.asarray(msg.action_bins, dtype=np.int64)
+        d = self.tokenizer.num_dims
+        if bins.shape != (d,) or (bins < 0).any() or \
+                (bins >= np.asarray(self.tokenizer.bins)).any():
+            self.dropped["bad_bins"] += 1
+            return
+        action = np.asarray(msg.action, dtype=np.float64)
+        if action.shape != (d,):
+            action = self.tokenizer.decode(bins)
+        self.policy_instruction = self.policy_instruction or str(msg.instruction)
+        self.model_id = self.model_id or str(msg.model_id)
+        self._add_step(t, action, bins)
+
+    def _command_step(self, t: int) -> None:
+        if not all(s.topic in self.held for s in self.m.actions):
+            self.dropped["no_command"] += 1
+            return
+        tok = self.tokenizer
+        action = np.zeros(tok.num_dims, dtype=np.float64)
+        for src in self.m.actions:
+            for name, value in zip(src.dims, self.held[src.topic], strict=True):
+                action[tok.names.index(name)] = value
+        for name, value in self.m.constants.items():
+            if name in tok.names:
+                action[tok.names.index(name)] = value
+        self._add_step(t, action, None)
+
+    def _add_step(self, t: int, action: np.ndarray, bins: np.ndarray | None) -> None:
+        image = None
+        for entry in reversed(self.images):
+            if entry[0] <= t:
+                image = entry
+                break
+        if image is None:
+            self.dropped["no_image"] += 1
+            return
+        age = (t - image[0]) / 1e9
+        if age > self.m.max_image_age:
+            self.dropped["stale_image"] += 1
+            return
+        if self.m.state is not None and self.state is None:
+            self.dropped["no_state"] += 1
+            return
+        frame = self._frame(image)
+        if frame is None:
+            self.dropped["bad_image"] += 1
+            return
+        self.frames.append(frame)
+        self.states.append(self.state if self.state is not None else np.zeros(0))
+        self.actions.append(action)
+        self.bins.append(bins)
+        self.times.append(t)
+        self.ages.append(age)
+
+    def _frame(self, image: tuple[int, str, bytes]) -> np.ndarray | None:
+        t, msgtype, data = image
+        if self.decoded is not None and self.decoded[0] == t:
+            return self.decoded[1]
+        try:
+            rgb = to_rgb8(self.bag.deserialize(data, msgtype), self.m.image)
+        except (ImageConversionError, BagError) as exc:
+            self.image_error = self.image_error or str(exc)
+            return None
+        rgb = resize_frame(rgb, self.options.image_size)
+        self.decoded = (t, rgb)
+        return rgb
+
+    # -- result -------------------------------------------------------------------------------
+
+    def _finish(self) -> ConvertedEpisode:
+        n = len(self.frames)
+        dropped = dict(self.dropped)
+        if n == 0:
+            why = f"; first image error: {self.image_error}" if self.image_error else ""
+            raise EpisodeError(f"{self.where}: no usable control step (dropped: "
+                               f"{dropped or 'none'}; max_image_age {self.m.max_image_age:g} s)"
+                               f"{why}")
+        if self.image_error:
+            self.warnings.append(f"{dropped.get('bad_image', 0)} step(s) dropped for bad images: "
+                                 f"{self.image_error}")
+        tok = self.tokenizer
+        actions = np.stack(self.actions)
+        if self.m.actions:  # commands: terminate at the last step, bins by the tokenizer
+            if tok.terminate is not None and tok.terminate not in self.m.constants and \
+                    not any(tok.terminate in s.dims for s in self.m.actions):
+                actions[:, tok.terminate_index] = tok.low[tok.terminate_index]
+                actions[-1, tok.terminate_index] = tok.high[tok.terminate_index]
+            bins, clipped = tok.encode_with_report(actions)
+            if clipped.any():
+                counts = {tok.names[i]: int(c) for i, c in enumerate(clipped.sum(0)) if c}
+                self.warnings.append(f"action values outside the tokenizer bounds were clipped "
+                                     f"({counts}); check the mapping's 'scale'")
+        else:
+            bins = np.stack(self.bins)
+        meta, name = self.meta, self.bag.path.name
+        if name in self.m.labels:  # the mapping's per-bag label wins
+            outcome = self.m.labels[name]
+            reward = reward_for(outcome)
+        elif meta.get("episode_id"):  # a qt_ros episode: its (latest) label
+            outcome = meta.get("outcome") or "unknown"
+            reward = reward_for(outcome, meta.get("reward"))
+        else:
+            outcome = self.m.outcome
+            reward = reward_for(outcome)
+        if outcome == "unknown":
+            self.warnings.append("episode is not labelled (outcome unknown): reward 0")
+        rewards = np.zeros(n, dtype=np.float32)
+        rewards[-1] = reward
+        done = np.zeros(n, dtype=np.uint8)
+        done[-1] = 1
+        instruction = meta.get("instruction") or self.instruction or \
+            self.policy_instruction or self.m.instructions.get(name) or self.m.instruction
+        if not instruction:
+            raise EpisodeError(f"{self.where}: no instruction (no episode metadata, no message "
+                               f"on the instruction topic, no 'instruction' in the mapping)")
+        states = np.stack(self.states).astype(np.float32)
+        if states.ndim == 1:
+            states = states.reshape(n, 0)
+        if not self.bag.complete:
+            self.warnings.append("; ".join(self.bag.problems))
+        record = {
+            "key": self.key,
+            "episode_id": meta.get("episode_id") or self.bag.path.name,
+            "bag": str(self.bag.path.resolve()),
+            "instruction": instruction,
+            "outcome": outcome,
+            "reward": float(reward),
+            "source": meta.get("source") or self.m.source,
+            "robot": meta.get("robot", ""),
+            "checkpoint": meta.get("checkpoint") or self.model_id,
+            "start_time": meta.get("start_time", ""),
+            "incomplete": not self.bag.complete,
+            "length": n,
+            "dropped": dropped,
+        }
+        arrays = {
+            "frames": np.stack(self.frames),
+            "state": states,
+            "action": actions.astype(np.float32),
+            "action_bins": bins.astype(np.int16),
+            "reward": rewards,
+            "done": done,
+            "mc_return": mc_returns(rewards, self.options.gamma),
+            "timestamp": np.asarray(self.times, dtype=np.int64),
+            "image_age": np.asarray(self.ages, dtype=np.float32),
+        }
+        return ConvertedEpisode(self.key, record, arrays, self.warnings)

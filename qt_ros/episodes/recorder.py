@@ -1,0 +1,436 @@
+"""Episode recording without ROS: one MCAP bag per episode, a catalog, labels, disk safety.
+
+:class:`EpisodeRecorder` is what ``recorder_node`` drives: the node hands it serialized messages
+(``write``) and service requests (``start``, ``end``, ``label``); everything else happens here, so
+it is tested without ROS. Messages go through a queue to a writer thread, so a subscription callback
+never waits on the disk. The writer thread flushes the bag every ``flush_period`` and checks the
+free disk space; below ``min_free_space_mb`` it stops writing and ``poll`` tells the node to end the
+episode (outcome ``aborted``) with an error event, long before the disk is full.
+
+The recorder writes its own episode events (started, ended) into the bag, on ``events_topic``,
+serialized with ``rosbags`` exactly as rclpy would; labels given later go to the bag's
+``metadata.yaml`` and the catalog, both replaced atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qt_ros.episodes.bags import BagError, BagWriter, encode_custom_data, update_custom_data
+from qt_ros.episodes.catalog import (
+    OUTCOMES,
+    CatalogError,
+    EpisodeCatalog,
+    iso_time,
+    reward_for,
+)
+from qt_ros.episodes.interfaces import (
+    EPISODE_EVENT,
+    EVENT_ENDED,
+    EVENT_STARTED,
+    make_typestore,
+)
+
+log = logging.getLogger(__name__)
+
+EPISODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+BAG_FORMAT = 1
+
+
+class RecorderError(Exception):
+    """A request the recorder refuses (the text says why and what to do)."""
+
+
+@dataclass
+class RecorderConfig:
+    """What ``config/recorder.yaml`` documents; see there for each field."""
+
+    record_dir: Path
+    robot: str = ""
+    checkpoint: str = ""
+    source: str = "autonomous"
+    compression: str = "none"
+    flush_period: float = 1.0
+    fsync: bool = False
+    min_free_space_mb: float = 1024.0
+    max_episode_duration: float = 300.0
+    timeout_outcome: str = "failure"
+    max_queue_mb: float = 512.0
+    events_topic: str = "/episode_events"
+
+
+@dataclass
+class _Topic:
+    topic: str
+    msgtype: str
+    role: str
+    msgdef: str | None
+    rihs01: str | None
+    latched: bool
+
+
+@dataclass
+class _Active:
+    record: dict[str, Any]
+    bag: BagWriter
+    queue: queue.Queue
+    thread: threading.Thread | None = None
+    queued_bytes: int = 0
+    dropped: int = 0
+    failure: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_STOP = object()
+
+
+class EpisodeRecorder:
+    """Records episodes into ``config.record_dir``: ``<episode_id>/`` bags and ``catalog.json``."""
+
+    def __init__(self, config: RecorderConfig,
+                 free_space_mb: Callable[[], float] | None = None) -> None:
+        if config.compression not in ("none", "zstd"):
+            raise RecorderError(f"compression must be 'none' or 'zstd', got '{config.compression}'")
+        if config.source not in ("autonomous", "demonstration"):
+            raise RecorderError(f"source must be 'autonomous' or 'demonstration', got "
+                                f"'{config.source}'")
+        if config.timeout_outcome not in OUTCOMES:
+            raise RecorderError(f"timeout_outcome must be one of {OUTCOMES}, "
+                                f"got '{config.timeout_outcome}'")
+        self.config = config
+        self.record_dir = Path(config.record_dir).expanduser()
+        self.record_dir.mkdir(parents=True, exist_ok=True)
+        self.catalog = EpisodeCatalog(self.record_dir)
+        self.typestore = make_typestore()
+        self._free_space_mb = free_space_mb or self._disk_free_mb
+        self._topics: dict[str, _Topic] = {}
+        self._latched: dict[str, bytes] = {}
+        self._active: _Active | None = None
+        self._lock = threading.Lock()
+        self.add_topic(config.events_topic, EPISODE_EVENT, role="episode_events")
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def add_topic(self, topic: str, msgtype: str, *, role: str = "", msgdef: str | None = None,
+                  rihs01: str | None = None, latched: bool = False) -> None:
+        """Declare a recorded topic. ``latched`` topics (e.g. a transient-local instruction) keep
+        their last message, which is written at the start of every episode."""
+        self._topics[topic] = _Topic(topic, msgtype, role, msgdef, rihs01, latched)
+
+    def recover(self) -> list[str]:
+        """Mark episodes a previous recorder left ``recording`` as ``incomplete``."""
+        return self.catalog.mark_interrupted()
+
+    def latched(self, topic: str) -> bytes | None:
+        """The last message of a latched topic, if any arrived."""
+        return self._latched.get(topic)
+
+    @property
+    def active_id(self) -> str | None:
+        active = self._active
+        return active.record["episode_id"] if active else None
+
+    @property
+    def written(self) -> int:
+        """Messages written into the running episode's bag so far (0 if none is running)."""
+        active = self._active
+        return sum(active.bag.counts.values()) if active else 0
+
+    @property
+    def active_record(self) -> dict[str, Any] | None:
+        active = self._active
+        return dict(active.record) if active else None
+
+    # -- episodes -----------------------------------------------------------------------------
+
+    def start(self, instruction: str = "", episode_id: str = "", now_ns: int | None = None,
+              checkpoint: str = "") -> dict[str, Any]:
+        """Open a new episode bag; returns its catalog record. Raises :class:`RecorderError`."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        if self._active is not None:
+            raise RecorderError(f"episode '{self.active_id}' is still recording; end it with "
+                                f"end_episode first")
+        free = self._free_space_mb()
+        if free < self.config.min_free_space_mb:
+            raise RecorderError(f"not starting: {free:.0f} MB free in {self.record_dir}, below "
+                                f"min_free_space_mb={self.config.min_free_space_mb:g}; free disk "
+                                f"space or move record_dir")
+        episode_id = episode_id or self._new_id(now_ns)
+        if not EPISODE_ID_RE.match(episode_id):
+            raise RecorderError(f"invalid episode id '{episode_id}': use letters, digits, '.', "
+                                f"'_' and '-' (it names the bag directory)")
+        bag_path = self.record_dir / episode_id
+        if bag_path.exists() or self.catalog.get(episode_id) is not None:
+            raise RecorderError(f"episode id '{episode_id}' is already used in {self.record_dir}")
+        try:
+            bag = BagWriter(bag_path, typestore=self.typestore,
+                            compression=self.config.compression,
+                            flush_period=self.config.flush_period, fsync=self.config.fsync)
+            for t in self._topics.values():
+                bag.add_topic(t.topic, t.msgtype, msgdef=t.msgdef, rihs01=t.rihs01)
+        except (BagError, OSError) as exc:
+            raise RecorderError(f"cannot create the episode bag: {exc}") from exc
+        record = {
+            "episode_id": episode_id,
+            "bag": episode_id,
+            "status": "recording",
+            "instruction": instruction,
+            "outcome": "unknown",
+            "reward": 0.0,
+            "source": self.config.source,
+            "robot": self.config.robot,
+            "checkpoint": checkpoint or self.config.checkpoint,
+            "start_time": iso_time(now_ns),
+            "start_time_ns": now_ns,
+            "topics": {t.role: t.topic for t in self._topics.values() if t.role},
+            "format": BAG_FORMAT,
+        }
+        try:
+            self.catalog.update(episode_id, **record)
+        except CatalogError as exc:
+            bag.abandon()
+            raise RecorderError(str(exc)) from exc
+        active = _Active(record=record, bag=bag, queue=queue.Queue())
+        active.thread = threading.Thread(target=self._writer_loop, args=(active,),
+                                         name=f"bag-writer-{episode_id}", daemon=True)
+        active.thread.start()
+        with self._lock:
+            self._active = active
+            latched = list(self._latched.items())
+        for topic, data in latched:
+            self._enqueue(active, topic, now_ns, data)
+        self._enqueue(active, self.config.events_topic, now_ns,
+                      self.event_bytes(EVENT_STARTED, record, now_ns, "started"))
+        return dict(record)
+
+    def write(self, topic: str, timestamp_ns: int, data: bytes) -> bool:
+        """Queue one serialized message for the running episode; False if it was not recorded
+        (no episode running, or the queue is over ``max_queue_mb``: counted as dropped)."""
+        spec = self._topics.get(topic)
+        if spec is not None and spec.latched:
+            self._latched[topic] = data
+        active = self._active
+        if active is None:
+            return False
+        return self._enqueue(active, topic, timestamp_ns, data)
+
+    def note_checkpoint(self, checkpoint: str) -> None:
+        """Remember the policy checkpoint seen in the data if none was configured."""
+        active = self._active
+        if active is not None and checkpoint and not active.record.get("checkpoint"):
+            active.record["checkpoint"] = checkpoint
+
+    def poll(self, now_ns: int | None = None) -> tuple[str, str] | None:
+        """Whether the running episode must end now: ``(outcome, reason)`` or None.
+
+        Called periodically by the node: reports a disk-space or write failure (``aborted``) and
+        the ``max_episode_duration`` timeout (``timeout_outcome``)."""
+        active = self._active
+        if active is None:
+            return None
+        if active.failure:
+            return "aborted", active.failure
+        limit = self.config.max_episode_duration
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        if limit > 0 and now_ns - active.record["start_time_ns"] >= limit * 1e9:
+            return self.config.timeout_outcome, f"timeout after {limit:g} s"
+        return None
+
+    def end(self, episode_id: str = "", outcome: str = "unknown", reward: float = -1.0,
+            reason: str = "", now_ns: int | None = None) -> tuple[dict[str, Any], str]:
+        """End the running episode (or re-label one that already ended).
+
+        Returns ``(record, message)``. An ``episode_id`` naming an episode that already ended (e.g.
+        by the policy's terminate flag just before the policy's own end call) is not an error: a
+        success/failure/aborted outcome is then applied as a label.
+        """
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        outcome = outcome or "unknown"
+        if outcome not in OUTCOMES:
+            raise RecorderError(f"unknown outcome '{outcome}'; use one of {', '.join(OUTCOMES)}")
+        active = self._active
+        if active is None or (episode_id and episode_id != active.record["episode_id"]):
+            return self._end_ended(episode_id, outcome, reward, now_ns)
+        with self._lock:
+            self._active = None
+        record = active.record
+        reward = reward_for(outcome, reward)
+        reason = active.failure or reason or "end_episode"
+        record.update(outcome=outcome, reward=reward, end_time=iso_time(now_ns),
+                      end_time_ns=now_ns, end_reason=reason)
+        if outcome != "unknown":
+            record["labels"] = [{"outcome": outcome, "reward": reward, "time": iso_time(now_ns)}]
+        self._enqueue(active, self.config.events_topic, now_ns,
+                      self.event_bytes(EVENT_ENDED, record, now_ns, reason), force=True)
+        active.queue.put(_STOP)
+        if active.thread is not None:
+            active.thread.join()
+        record.update(message_count=sum(active.bag.counts.values()),
+                      dropped_messages=active.dropped)
+        try:
+            active.bag.close(encode_custom_data({**record, "status": "complete"}))
+            record["status"] = "complete"
+        except Exception as exc:  # noqa: BLE001 - a bag that cannot be closed stays readable
+            log.error("could not close bag %s: %s", active.bag.path, exc)
+            active.bag.abandon()
+            record["status"] = "incomplete"
+            record["error"] = f"could not close the bag: {exc}"
+        try:
+            self.catalog.update(record["episode_id"], **record)
+        except CatalogError as exc:
+            record["error"] = str(exc)
+        message = f"episode {record['episode_id']} ended ({reason}), outcome {outcome}"
+        return dict(record), message
+
+    def label(self, episode_id: str, outcome: str, reward: float = -1.0,
+              now_ns: int | None = None) -> dict[str, Any]:
+        """Label (or relabel) an ended episode: bag metadata and catalog, both atomic."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        if outcome not in OUTCOMES:
+            raise RecorderError(f"unknown outcome '{outcome}'; use one of {', '.join(OUTCOMES)}")
+        if not episode_id:
+            raise RecorderError("label_episode needs an episode_id")
+        if self.active_id == episode_id:
+            raise RecorderError(f"episode '{episode_id}' is still recording; end it with "
+                                f"end_episode (giving the outcome) instead")
+        try:
+            record = self.catalog.get(episode_id)
+        except CatalogError as exc:
+            raise RecorderError(str(exc)) from exc
+        if record is None:
+            raise RecorderError(f"unknown episode '{episode_id}' (not in "
+                                f"{self.catalog.path})")
+        reward = reward_for(outcome, reward)
+        bag_path = self.record_dir / record.get("bag", episode_id)
+        labels = [*record.get("labels", []),
+                  {"outcome": outcome, "reward": reward, "time": iso_time(now_ns)}]
+        if (bag_path / "metadata.yaml").exists():
+            try:
+                update_custom_data(bag_path, {"outcome": outcome, "reward": reward,
+                                              "labels": labels})
+            except (BagError, OSError) as exc:
+                raise RecorderError(f"could not label {bag_path}: {exc}") from exc
+        try:
+            return self.catalog.add_label(episode_id, outcome, reward, now_ns)
+        except CatalogError as exc:
+            raise RecorderError(str(exc)) from exc
+
+    def shutdown(self, now_ns: int | None = None) -> dict[str, Any] | None:
+        """End the running episode, if any, as ``aborted`` (recorder shutting down)."""
+        if self._active is None:
+            return None
+        record, _ = self.end(outcome="aborted", reason="recorder shutdown", now_ns=now_ns)
+        return record
+
+    # -- events -------------------------------------------------------------------------------
+
+    def event_bytes(self, kind: int, record: dict[str, Any], now_ns: int, message: str) -> bytes:
+        """An ``EpisodeEvent`` serialized as CDR (what the node publishes, for the bag)."""
+        types = self.typestore.types
+        time_cls = types["builtin_interfaces/msg/Time"]
+        stamp = time_cls(sec=int(now_ns // 1_000_000_000), nanosec=int(now_ns % 1_000_000_000))
+        fields = event_fields(kind, record, message, str(self.record_dir))
+        msg = types[EPISODE_EVENT](
+            header=types["std_msgs/msg/Header"](stamp=stamp, frame_id=""), stamp=stamp, **fields)
+        return bytes(self.typestore.serialize_cdr(msg, EPISODE_EVENT))
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _end_ended(self, episode_id: str, outcome: str, reward: float,
+                   now_ns: int) -> tuple[dict[str, Any], str]:
+        if not episode_id:
+            raise RecorderError("no episode is recording")
+        record = self.catalog.get(episode_id)
+        if record is None:
+            raise RecorderError(f"unknown episode '{episode_id}'; the running episode is "
+                                f"'{self.active_id or 'none'}'")
+        if outcome == "unknown":
+            return record, f"episode {episode_id} had already ended ({record.get('end_reason')})"
+        record = self.label(episode_id, outcome, reward, now_ns)
+        return record, (f"episode {episode_id} had already ended ({record.get('end_reason')}); "
+                        f"labelled {outcome}")
+
+    def _enqueue(self, active: _Active, topic: str, timestamp_ns: int, data: bytes,
+                 force: bool = False) -> bool:
+        size = len(data)
+        with active.lock:
+            if not force and (active.failure or
+                              active.queued_bytes + size > self.config.max_queue_mb * 1e6):
+                active.dropped += 1
+                return False
+            active.queued_bytes += size
+        active.queue.put((topic, timestamp_ns, data))
+        return True
+
+    def _writer_loop(self, active: _Active) -> None:
+        period = max(0.05, min(self.config.flush_period, 1.0))
+        next_check = time.monotonic()
+        while True:
+            try:
+                item = active.queue.get(timeout=period)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                break
+            if item is not None:
+                topic, timestamp_ns, data = item
+                with active.lock:
+                    active.queued_bytes -= len(data)
+                if active.failure and topic != self.config.events_topic:
+                    continue
+                try:
+                    active.bag.write(topic, timestamp_ns, data)
+                except Exception as exc:  # noqa: BLE001 - reported through poll()
+                    self._fail(active, f"writing the bag failed: {exc}")
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + period
+                self._check(active)
+
+    def _check(self, active: _Active) -> None:
+        try:
+            active.bag.flush()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(active, f"flushing the bag failed: {exc}")
+            return
+        free = self._free_space_mb()
+        if free < self.config.min_free_space_mb and not active.failure:
+            self._fail(active, f"disk space low: {free:.0f} MB free in {self.record_dir}, below "
+                               f"min_free_space_mb={self.config.min_free_space_mb:g}; recording "
+                               f"stopped")
+
+    def _fail(self, active: _Active, reason: str) -> None:
+        if not active.failure:
+            log.error("%s", reason)
+            active.failure = reason
+
+    def _disk_free_mb(self) -> float:
+        return shutil.disk_usage(self.record_dir).free / 1e6
+
+    def _new_id(self, now_ns: int) -> str:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now_ns / 1e9))
+        robot = re.sub(r"[^A-Za-z0-9._-]", "_", self.config.robot)
+        return f"{robot + '-' if robot else ''}{stamp}-{secrets.token_hex(3)}"
+
+
+def event_fields(kind: int, record: dict[str, Any], message: str,
+                 record_dir: str) -> dict[str, Any]:
+    """The EpisodeEvent fields (besides header and stamp) for an episode record."""
+    return {
+        "episode_id": record.get("episode_id", ""),
+        "event": kind,
+        "outcome": record.get("outcome", "unknown"),
+        "reward": float(record.get("reward", 0.0)),
+        "instruction": record.get("instruction", ""),
+        "bag_path": str(Path(record_dir) / record.get("bag", "")) if record.get("bag") else "",
+        "message": message,
+    }

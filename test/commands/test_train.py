@@ -1,0 +1,103 @@
+"""``qt-ros train``: from converted episode bags to a checkpoint the policy loads, alone or under
+torchrun (DDP), with clear errors for what a user gets wrong."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from qt_ros.cli import main as qt_ros_main
+from qt_ros.episodes.synthetic import write_episode
+from qt_ros.qtransformer.checkpoint import load_policy, make_random_checkpoint, read_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    for i in range(4):
+        write_episode(root / "bags", f"ep{i}", 10, outcome="success" if i % 2 == 0 else "failure",
+                      pattern="texture", seed=i)
+    assert qt_ros_main(["convert", str(root / "bags"), "--out", str(root / "data"),
+                        "--image-size", "32", "--quiet"]) == 0
+    return root / "data"
+
+
+def _train(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "qt_ros.cli", "train", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+COMMON = ["--preset", "tiny", "--encoder", "hash", "--batch-size", "4", "--workers", "0",
+          "--log-every", "5"]
+
+
+def test_train_writes_a_checkpoint_the_policy_loads(dataset, tmp_path):
+    out = tmp_path / "ckpt"
+    result = _train(str(dataset), "--out", str(out), "--steps", "20", "--save-every", "10",
+                    *COMMON)
+    assert result.returncode == 0, result.stderr
+    config = read_config(out)
+    assert config["step"] == 20
+    assert config["extra"]["learner"]["conservative_weight"] == 1.0
+    assert tuple(config["image_size"]) == (32, 32)
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
+    assert (out / "training.png").stat().st_size > 1000
+
+    policy = load_policy(out)
+    policy.reset("pick up the red cube")
+    result = policy.act(np.zeros((48, 64, 3), np.uint8))
+    assert len(result.bins) == 8 and np.isfinite(result.q_values).all()
+    assert policy.model_id.endswith(config["model_id"].split("@")[1])
+
+
+def test_training_changes_the_weights_and_init_continues(dataset, tmp_path):
+    init = make_random_checkpoint(tmp_path / "init", preset="tiny", image_size=(32, 32))
+    out = tmp_path / "ckpt"
+    result = _train(str(dataset), "--out", str(out), "--steps", "10", "--init", str(init),
+                    *COMMON)
+    assert result.returncode == 0, result.stderr
+    before, after = load_file(init / "model.safetensors"), load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_mismatched_checkpoint_is_a_clear_error(dataset, tmp_path):
+    init = make_random_checkpoint(tmp_path / "init", preset="tiny", image_size=(48, 48))
+    result = _train(str(dataset), "--out", str(tmp_path / "ckpt"), "--steps", "2",
+                    "--init", str(init), *COMMON)
+    assert result.returncode == 2
+    assert "image size (48, 48) vs the dataset's (32, 32)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    result = _train(str(tmp_path / "nope"), "--out", str(tmp_path / "ckpt"), *COMMON)
+    assert result.returncode == 2
+    assert "nope" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_processes(dataset, tmp_path):
+    """The same command under torchrun: 2 CPU processes (gloo) train one model."""
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    out = tmp_path / "ckpt"
+    result = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "qt_ros.cli", "train",
+         str(dataset), "--out", str(out), "--steps", "6", *COMMON],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    config = read_config(out)
+    assert config["step"] == 6 and config["extra"]["world_size"] == 2
+    load_policy(out)
