@@ -38,12 +38,12 @@ from qt_ros.data.episode_conversion import (
     convert_bag,
 )
 from qt_ros.data.images import ImageConversionError
+from qt_ros.data.returns import DEFAULT_GAMMA
 from qt_ros.data.topic_mapping import MappingError, TopicMapping
 from qt_ros.episodes.bags import BagError, BagReader, find_bags
 from qt_ros.qtransformer.tokenizer import ActionTokenizer
 
 DEFAULT_IMAGE_SIZE = (128, 128)
-DEFAULT_GAMMA = 0.98
 _DIED = ("a conversion worker process died (killed, or out of memory?) before finishing this "
          "bag; retry with fewer --workers")
 _NOT_RUN = "not converted: a worker process died earlier in this run; run the command again"

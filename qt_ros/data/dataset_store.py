@@ -406,13 +406,3 @@ def compute_stats(root: Path, meta: dict) -> dict[str, Any]:
     if hist is not None:
         out["action_bins_histogram"] = hist.tolist()
     return out
-
-
-def mc_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
-    """Per-step Monte Carlo return-to-go ``sum_{j>=t} gamma^(j-t) r_j`` (float32 [T])."""
-    out = np.zeros(len(rewards), dtype=np.float64)
-    running = 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        running = float(rewards[t]) + gamma * running
-        out[t] = running
-    return out.astype(np.float32)

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from qt_ros.data.dataset_store import mc_returns
 from qt_ros.data.images import ImageConversionError, resize_frame, to_rgb8
+from qt_ros.data.returns import DEFAULT_GAMMA, mc_returns
 from qt_ros.data.topic_mapping import (
     EVENT_TYPE,
     IMAGE_TYPES,
@@ -46,7 +46,7 @@ class ConvertOptions:
 
     tokenizer: dict = field(default_factory=lambda: ActionTokenizer().to_config())
     image_size: tuple[int, int] = (128, 128)  # (H, W)
-    gamma: float = 0.98
+    gamma: float = DEFAULT_GAMMA
     mapping: TopicMapping | None = None
     max_image_age: float | None = None  # overrides the mapping's
     rate: float | None = None  # overrides the mapping's

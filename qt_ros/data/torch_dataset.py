@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
-from qt_ros.data.dataset_store import DatasetError, DatasetStore, mc_returns
+from qt_ros.data.dataset_store import DatasetError, DatasetStore
+from qt_ros.data.returns import DEFAULT_GAMMA, mc_returns
 from qt_ros.qtransformer.tokenizer import ActionTokenizer
 
 EMBEDDINGS_FILE = "instruction_embeddings.npy"
@@ -66,7 +67,7 @@ class QTransformerDataset(Dataset):
     """
 
     def __init__(self, root: str | Path, *, history: int = 1, n_step: int = 1,
-                 gamma: float = 0.98,
+                 gamma: float = DEFAULT_GAMMA,
                  instruction_embeddings: np.ndarray | Callable[[list[str]], Any] | None = None,
                  episodes: Sequence[int] | None = None) -> None:
         if history < 1 or n_step < 1:

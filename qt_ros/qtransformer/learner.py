@@ -1,4 +1,4 @@
-"""The offline Q-Transformer update (Chebotar et al. 2023, Sec. 3-4; ../DESIGN.md is the spec).
+"""The offline Q-Transformer update (Chebotar et al. 2023, Sec. 3-4; see docs/design.md).
 
 For a transition (s_t, a_t) with d action dimensions and Q_i = Q(s_t, a_t^{1:i-1}, a^i):
 

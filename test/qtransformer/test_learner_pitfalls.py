@@ -1,6 +1,6 @@
 """Each bug found in public Q-Transformer re-implementations has a test that fails if it returns.
 
-Pitfalls (DESIGN.md): reward ignored in the last-dimension target; done flags with no effect;
+Pitfalls (docs/design.md): reward ignored in the last-dimension target; done flags with no effect;
 acting with an argmax one bin off from the trained one; "greedy" acting that samples; a
 regularizer on logits that grows with batch size; MC return as one constant instead of per
 transition; "n-step" that sums no rewards. Plus: the target network is evaluated in eval mode.
