@@ -24,12 +24,16 @@ from qt_ros.commands.bench_act import (
     describe,
     percentiles,
 )
+from qt_ros.data.returns import DEFAULT_GAMMA
 from qt_ros.qtransformer.learner import Learner, LearnerConfig
+from qt_ros.qtransformer.trainer import TrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+                        help="transitions per update (default: qt-ros train's, "
+                             f"{TrainConfig.batch_size})")
     parser.add_argument("--steps", type=int, default=20, help="timed updates")
     parser.add_argument("--warmup", type=int, default=3)
 
@@ -48,7 +52,7 @@ def random_batch(model, batch_size: int, seed: int = 0) -> dict[str, torch.Tenso
                                     for n in cfg.action_bins], 1),
         "reward": (torch.rand(batch_size, generator=g) < 0.1).float(),
         "done": (torch.rand(batch_size, generator=g) < 0.1).float(),
-        "discount": torch.full((batch_size,), 0.98),
+        "discount": torch.full((batch_size,), DEFAULT_GAMMA),  # one-step TD
         "mc_return": torch.rand(batch_size, generator=g),
     }
 

@@ -43,6 +43,14 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *,  # noqa: A002
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def setting_of(cls: type, name: str, help: str | None = None) -> Any:  # noqa: A002
+    """The field ``name`` of ``cls`` again (its default, description and choices), for a config
+    that mirrors another one's field, e.g. a node parameter that becomes a library setting."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return setting(f.default, f.metadata.get(_HELP, "") if help is None else help,
+                   choices=f.metadata.get(_CHOICES))
+
+
 def description(f: dataclasses.Field) -> str:
     text = f.metadata.get(_HELP, "")
     choices = f.metadata.get(_CHOICES)
@@ -89,7 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *,
     """One ``--field-name`` option per field (``positional`` ones without dashes).
 
     Booleans with a True default become ``--no-<name>`` switches, with a False default
-    ``--<name>`` switches; ``int | None`` fields accept an int and default to None.
+    ``--<name>`` switches; ``int | None`` fields accept an int and default to None; tuple
+    fields take their items as separate words (``--betas 0.9 0.999``).
     """
     skip, positional = set(skip), set(positional)
     hints = typing.get_type_hints(cls)
@@ -101,26 +110,55 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *,
         required = f.name not in defaults(cls)
         help_ = description(f)
         flag = f.metadata.get(_FLAG) or "--" + f.name.replace("_", "-")
+        items = _tuple_items(hints[f.name])
         if f.name in positional:
             parser.add_argument(f.name, type=kind, help=help_)
+        elif items is not None:
+            parser.add_argument(flag, dest=f.name, type=items[0], nargs=items[1],
+                                default=default, required=required,
+                                help=help_ + ("" if required else f" (default: {default})"))
         elif kind is bool:
             if default:
                 off = f.metadata.get(_FLAG) or "--no-" + f.name.replace("_", "-")
-                parser.add_argument(off, dest=f.name, action="store_false", help=help_)
+                parser.add_argument(off, dest=f.name, action="store_false",
+                                    help=f"{help_} (default: on; this switch turns it off)")
             else:
                 parser.add_argument(flag, dest=f.name, action="store_true", help=help_)
         else:
             shown = "" if default in (None, "") or required else f" (default: {default})"
+            # A flag renamed with flag= shows its own name as the value's placeholder.
+            metavar = flag.lstrip("-").replace("-", "_").upper() if _FLAG in f.metadata else None
             parser.add_argument(flag, dest=f.name, type=kind, default=default,
                                 required=required, choices=f.metadata.get(_CHOICES),
-                                help=help_ + shown)
+                                metavar=metavar, help=help_ + shown)
 
 
 def from_namespace(cls: type, args: argparse.Namespace | Mapping[str, Any], **overrides: Any):
     """Build ``cls`` from the parsed options named like its fields (others are ignored)."""
     values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in values.items() if k in names}
+    kwargs = {k: tuple(v) if isinstance(v, list) and _tuple_items(hints[k]) else v
+              for k, v in values.items() if k in names}
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def from_parameters(cls: type, values: Mapping[str, Any], **overrides: Any):
+    """Build ``cls`` from ROS parameter values declared with ``parameter_table``, undoing its
+    conventions: ``[""]`` and the empty strings of a string array are dropped (a tuple field),
+    ``""`` is None where the default is None."""
+    known = defaults(cls)
+    kwargs = {}
+    for name, value in values.items():
+        if name not in known:
+            continue
+        default = known[name]
+        if isinstance(default, list) and isinstance(value, (list, tuple)):
+            value = tuple(v for v in value if v != "")
+        elif default is None and value == "":
+            value = None
+        kwargs[name] = value
     kwargs.update(overrides)
     return cls(**kwargs)
 
@@ -161,6 +199,15 @@ def _same_kind(default: Any, value: Any) -> bool:
     if isinstance(default, (list, tuple)):
         return isinstance(value, (list, tuple))
     return isinstance(value, type(default))
+
+
+def _tuple_items(hint: Any) -> tuple[type, int | str] | None:
+    """``tuple[float, float]`` -> (float, 2); ``tuple[str, ...]`` -> (str, "*"); else None."""
+    if typing.get_origin(hint) is not tuple:
+        return None
+    args = typing.get_args(hint)
+    kind = args[0] if args and args[0] in (bool, int, float, str) else str
+    return kind, "*" if len(args) == 2 and args[1] is Ellipsis else len(args)
 
 
 def _base_type(hint: Any) -> tuple[type, bool]:

@@ -40,6 +40,7 @@ from qt_ros.episodes.interfaces import (
     EVENT_STARTED,
     make_typestore,
 )
+from qt_ros.episodes.recorder_config import RecorderConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +50,6 @@ BAG_FORMAT = 1
 
 class RecorderError(Exception):
     """A request the recorder refuses (the text says why and what to do)."""
-
-
-@dataclass
-class RecorderConfig:
-    """What ``config/recorder.yaml`` documents; see there for each field."""
-
-    record_dir: Path
-    robot: str = ""
-    checkpoint: str = ""
-    source: str = "autonomous"
-    compression: str = "none"
-    flush_period: float = 1.0
-    fsync: bool = False
-    min_free_space_mb: float = 1024.0
-    max_episode_duration: float = 300.0
-    timeout_outcome: str = "failure"
-    max_queue_mb: float = 512.0
-    events_topic: str = "/episode_events"
 
 
 @dataclass
@@ -189,7 +172,7 @@ class EpisodeRecorder:
             "reward": 0.0,
             "source": self.config.source,
             "robot": self.config.robot,
-            "checkpoint": checkpoint or self.config.checkpoint,
+            "checkpoint": checkpoint or self.config.checkpoint_id,
             "start_time": iso_time(now_ns),
             "start_time_ns": now_ns,
             "topics": {t.role: t.topic for t in self._topics.values() if t.role},

@@ -13,7 +13,8 @@ stops it with a hold command. When the script decides the episode is over it sen
 command (zero twist), disables itself and asks the recorder to end the episode
 (``recorder/end_episode``, outcome ``unknown``: the simulator's success detector labels it).
 
-Run: ``python -m qt_ros.nodes.demonstrator_node --ros-args -p task:=lift -p noise:=0.002``.
+Run: ``python -m qt_ros.nodes.demonstrator_node --ros-args -p task:=lift -p noise:=0.002``;
+parameters: :class:`qt_ros.sim.node_configs.DemonstratorNodeConfig`, set in ``config/sim.yaml``.
 """
 
 from __future__ import annotations
@@ -22,32 +23,20 @@ import sys
 
 import numpy as np
 from geometry_msgs.msg import TwistStamped
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import SetBool
 
 from qt_ros.msg import EpisodeEvent
+from qt_ros.nodes.node_parameters import declare_config
 from qt_ros.nodes.qos import COMMAND_QOS, EPISODE_EVENTS_QOS, LATEST_STATE_QOS
 from qt_ros.nodes.runner import run_node
-from qt_ros.sim.demonstrator import DemonstratorConfig, ScriptedDemonstrator
-from qt_ros.sim.simulator import TASKS, SimConfig, SimState
+from qt_ros.sim.demonstrator import ScriptedDemonstrator
+from qt_ros.sim.node_configs import DemonstratorNodeConfig
+from qt_ros.sim.simulator import SimState
 from qt_ros.srv import EndEpisode
 
 NODE_NAME = "demonstrator"
-
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "task": ("lift", f"the simulator's task: {', '.join(TASKS)}"),
-    "control_rate": (10.0, "the simulator's control rate (Hz): twist = delta * rate"),
-    "seed": (0, "seed of the first episode's noise and mistake; episode k uses seed + k"),
-    "noise": (0.0, "standard deviation of the noise added to x y z deltas (m per step)"),
-    "failure_rate": (0.0, "probability of one scripted mistake per episode (0..1)"),
-    "max_step": (0.02, "largest x y z delta per step (m)"),
-    "quantum": (0.005, "x y z deltas are multiples of this (m; 0: continuous)"),
-    "start_enabled": (False, "start the first episode without a call to ~/enable"),
-    "end_episode_on_terminate": (True, "when the script is done, call recorder/end_episode"),
-    "frame_id": ("base_link", "frame_id of the twist commands"),
-}
 
 
 class DemonstratorNode(Node):
@@ -55,21 +44,14 @@ class DemonstratorNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
-        p = {name: self.declare_parameter(name, default, ParameterDescriptor(
-            description=description)).value for name, (default, description) in
-            PARAMETERS.items()}
-        self.rate = float(p["control_rate"])
-        if not self.rate > 0:
-            raise ValueError(f"control_rate must be > 0 Hz, got {self.rate}")
-        self.script = ScriptedDemonstrator(
-            SimConfig(task=str(p["task"]), control_period=1.0 / self.rate),
-            DemonstratorConfig(max_step=float(p["max_step"]), noise=float(p["noise"]),
-                               failure_rate=float(p["failure_rate"]),
-                               quantum=float(p["quantum"])))
-        self.seed = int(p["seed"])
+        self.config = declare_config(self, DemonstratorNodeConfig)
+        self.rate = self.config.control_rate
+        self.script = ScriptedDemonstrator(self.config.sim_config(),
+                                           self.config.demonstrator_config())
+        self.seed = self.config.seed
         self.episodes = 0
-        self.frame_id = str(p["frame_id"])
-        self.end_on_terminate = bool(p["end_episode_on_terminate"])
+        self.frame_id = self.config.frame_id
+        self.end_on_terminate = self.config.end_episode_on_terminate
         self._gripper = 0.0
         self._episode_id = ""
         self.enabled = False
@@ -81,7 +63,7 @@ class DemonstratorNode(Node):
                                  EPISODE_EVENTS_QOS)
         self.create_service(SetBool, "~/enable", self._on_enable)
         self._end_client = self.create_client(EndEpisode, "recorder/end_episode")
-        if p["start_enabled"]:
+        if self.config.start_enabled:
             self._start()
         self.get_logger().info(
             f"task '{self.script.sim_config.task}', noise {self.script.config.noise:g} m, "

@@ -6,7 +6,8 @@ turns ROS callbacks and services into calls of that core and publishes ``episode
 
 Services: ``~/start_episode`` (StartEpisode), ``~/end_episode`` (EndEpisode),
 ``~/label_episode`` (LabelEpisode). Topic: ``episode_events`` (EpisodeEvent, reliable, transient
-local, depth 10). Parameters: see ``config/recorder.yaml``.
+local, depth 10). Parameters: the fields of ``RecorderNodeConfig``
+(:mod:`qt_ros.episodes.recorder_config`), documented in ``config/recorder.yaml``.
 
 An episode also ends on the policy's terminate flag (``PolicyStep.terminate``; outcome
 ``unknown``, to be labelled), on ``max_episode_duration`` (``timeout_outcome``), when the disk
@@ -18,52 +19,31 @@ from __future__ import annotations
 import importlib
 import re
 import sys
-from pathlib import Path
 
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message
 from rosbags.typesys import get_types_from_msg
 from std_msgs.msg import String
 
-from qt_ros.episodes.recorder import (
-    EpisodeRecorder,
-    RecorderConfig,
-    RecorderError,
-    event_fields,
-)
+from qt_ros.episodes.recorder import EpisodeRecorder, RecorderError, event_fields
+from qt_ros.episodes.recorder_config import NOT_PARAMETERS, RecorderNodeConfig
 from qt_ros.msg import EpisodeEvent, PolicyStep
+from qt_ros.nodes.node_parameters import declare_config
 from qt_ros.nodes.qos import EPISODE_EVENTS_QOS, RECORDER_QOS_NAMES, recorder_qos
 from qt_ros.nodes.runner import run_node
 from qt_ros.srv import EndEpisode, LabelEpisode, StartEpisode
 
-# role -> (default of <role>_topic, default of <role>_type, QoS)
-ROLES: dict[str, tuple[str, str, str]] = {
-    "image": ("image", "sensor_msgs/msg/Image", "sensor_data"),
-    "instruction": ("instruction", "std_msgs/msg/String", "latched"),
-    "arm_command": ("arm_command", "geometry_msgs/msg/TwistStamped", "reliable"),
-    "gripper_command": ("gripper_command", "std_msgs/msg/Float64", "reliable"),
-    "policy_step": ("policy_step", "qt_ros/msg/PolicyStep", "reliable"),
-    "state": ("joint_states", "sensor_msgs/msg/JointState", "sensor_data"),
+# role -> QoS of its subscription; the topic and type parameters are <role>_topic, <role>_type.
+ROLES: dict[str, str] = {
+    "image": "sensor_data",
+    "instruction": "latched",
+    "arm_command": "reliable",
+    "gripper_command": "reliable",
+    "policy_step": "reliable",
+    "state": "sensor_data",
 }
-# name -> (default, description); the topic parameters come from ROLES
-PARAMETERS: dict[str, tuple] = {
-    "record_dir": ("~/qt_ros_episodes", "directory of the episode bags and catalog.json"),
-    "robot": ("", "robot name, written into each episode's metadata and id"),
-    "checkpoint_id": ("", "policy checkpoint; empty takes PolicyStep.model_id"),
-    "source": ("autonomous", "autonomous | demonstration"),
-    "compression": ("none", "MCAP chunk compression: none | zstd"),
-    "flush_period": (1.0, "s between flushes of the open chunk (bounds what a crash loses)"),
-    "fsync": (False, "fsync after each flush (power-loss safety)"),
-    "min_free_space_mb": (1024.0, "below this free space no episode starts and a running "
-                                  "one ends (aborted) with an error event"),
-    "max_episode_duration": (300.0, "s; a longer episode ends with timeout_outcome (0: never)"),
-    "timeout_outcome": ("failure", "outcome of a timed-out episode"),
-    "end_on_terminate": (True, "end the episode on PolicyStep.terminate (outcome unknown)"),
-    "max_queue_mb": (512.0, "MB of messages waiting for the disk before messages are dropped"),
-    "sensor_qos_depth": (10, "queue depth of the best-effort (sensor data) subscriptions"),
-}
-FIXED_TYPES = ("instruction", "policy_step")  # roles whose type has no parameter
+# Roles whose message type is fixed (no <role>_type parameter).
+FIXED_TYPES = {"instruction": "std_msgs/msg/String", "policy_step": "qt_ros/msg/PolicyStep"}
 
 
 class RecorderNode(Node):
@@ -71,18 +51,10 @@ class RecorderNode(Node):
 
     def __init__(self) -> None:
         super().__init__("recorder")
-        p = self._declare_parameters()
-        config = RecorderConfig(
-            record_dir=Path(p["record_dir"]).expanduser(), robot=p["robot"],
-            checkpoint=p["checkpoint_id"], source=p["source"], compression=p["compression"],
-            flush_period=p["flush_period"], fsync=p["fsync"],
-            min_free_space_mb=p["min_free_space_mb"],
-            max_episode_duration=p["max_episode_duration"],
-            timeout_outcome=p["timeout_outcome"], max_queue_mb=p["max_queue_mb"],
-            events_topic=self._resolve("episode_events"))
-        self.recorder = EpisodeRecorder(config)
-        self.end_on_terminate = p["end_on_terminate"]
-        self._sensor_depth = p["sensor_qos_depth"]
+        # Every parameter (config/recorder.yaml documents them), from RecorderNodeConfig.
+        self.config = declare_config(self, RecorderNodeConfig, skip=NOT_PARAMETERS,
+                                     events_topic=self._resolve("episode_events"))
+        self.recorder = EpisodeRecorder(self.config)
         stale = self.recorder.recover()
         if stale:
             self.get_logger().warning(
@@ -92,12 +64,12 @@ class RecorderNode(Node):
         self.events = self.create_publisher(EpisodeEvent, "episode_events", EPISODE_EVENTS_QOS)
         self._subs = []
         self._policy_topic = self._instruction_topic = ""
-        for role, (_, default_type, qos) in ROLES.items():
-            topic = p[f"{role}_topic"]
-            msgtype = p.get(f"{role}_type", default_type)
+        for role, qos in ROLES.items():
+            topic = getattr(self.config, f"{role}_topic")
+            msgtype = FIXED_TYPES.get(role) or getattr(self.config, f"{role}_type")
             if topic:
                 self._subscribe(topic, msgtype, qos, role)
-        for spec in p["extra_topics"]:
+        for spec in self.config.extra_topics:
             if spec.strip():
                 self._subscribe(*_parse_extra(spec), role="")
 
@@ -109,28 +81,7 @@ class RecorderNode(Node):
             f"recording into {self.recorder.record_dir}: "
             + ", ".join(s.topic_name for s in self._subs))
 
-    # -- parameters and subscriptions ---------------------------------------------------------
-
-    def _declare_parameters(self) -> dict:
-        """Declare every parameter (config/recorder.yaml documents them) and read them."""
-        values = {}
-        for name, (default, description) in PARAMETERS.items():
-            values[name] = self.declare_parameter(
-                name, default, ParameterDescriptor(description=description)).value
-        for role, (topic, msgtype, qos) in ROLES.items():
-            values[f"{role}_topic"] = self.declare_parameter(
-                f"{role}_topic", topic, ParameterDescriptor(
-                    description=f"{role} topic ({qos} QoS); empty: not recorded")).value
-            if role not in FIXED_TYPES:
-                values[f"{role}_type"] = self.declare_parameter(
-                    f"{role}_type", msgtype, ParameterDescriptor(
-                        description=f"message type of {role}_topic, e.g. {msgtype}")).value
-        # [""], not an unset STRING_ARRAY, which would make `ros2 param dump` print nothing.
-        extra = self.declare_parameter("extra_topics", [""], ParameterDescriptor(
-            description="more topics to record, each 'TOPIC:TYPE[:QOS]', QOS sensor_data | "
-                        "reliable | latched")).value
-        values["extra_topics"] = [spec for spec in extra or [] if spec]
-        return values
+    # -- subscriptions -----------------------------------------------------------------------
 
     def _resolve(self, name: str) -> str:
         if name.startswith("/"):
@@ -140,7 +91,7 @@ class RecorderNode(Node):
 
     def _subscribe(self, topic: str, msgtype: str, qos: str, role: str) -> None:
         cls = _message_class(msgtype)
-        profile = recorder_qos(qos, self._sensor_depth)
+        profile = recorder_qos(qos, self.config.sensor_qos_depth)
         name = self._resolve(topic)
         msgdef = rihs01 = None
         if msgtype not in self.recorder.typestore.fielddefs:
@@ -168,7 +119,7 @@ class RecorderNode(Node):
             return
         step = deserialize_message(data, PolicyStep)
         self.recorder.note_checkpoint(step.model_id)
-        if self.end_on_terminate and step.terminate and (
+        if self.config.end_on_terminate and step.terminate and (
                 not step.episode_id or step.episode_id == self.recorder.active_id):
             self._end("unknown", -1.0, "policy terminate")
 

@@ -25,7 +25,8 @@ rgb8) is rendered at ``camera_rate``. The task's instruction goes out once on ``
 ``recorder/label_episode``.
 
 Run: ``ros2 run qt_ros sim_robot_node`` or ``python -m qt_ros.nodes.sim_robot_node --ros-args
--p task:=lift``; parameters are listed in ``config/sim.yaml``.
+-p task:=lift``; parameters: :class:`qt_ros.sim.node_configs.SimRobotNodeConfig`, set in
+``config/sim.yaml``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import time
 
 import numpy as np
 from geometry_msgs.msg import TwistStamped
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
@@ -45,6 +45,7 @@ from std_srvs.srv import Trigger
 
 from qt_ros.data.images import numpy_to_image
 from qt_ros.msg import EpisodeEvent
+from qt_ros.nodes.node_parameters import declare_config
 from qt_ros.nodes.qos import (
     COMMAND_QOS,
     EPISODE_EVENTS_QOS,
@@ -53,32 +54,11 @@ from qt_ros.nodes.qos import (
     SENSOR_QOS,
 )
 from qt_ros.nodes.runner import run_node
-from qt_ros.sim.simulator import (
-    JOINT_NAMES,
-    STATE_NAMES,
-    TASKS,
-    SimConfig,
-    SimRenderError,
-    TabletopSim,
-)
+from qt_ros.sim.node_configs import SimRobotNodeConfig
+from qt_ros.sim.simulator import JOINT_NAMES, STATE_NAMES, SimRenderError, TabletopSim
 from qt_ros.srv import LabelEpisode
 
 NODE_NAME = "sim_robot"
-# name -> (default, description)
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "task": ("lift", f"task: {', '.join(f'{k} ({v!r})' for k, v in TASKS.items())}"),
-    "seed": (0, "seed of the first episode; reset number k uses seed + k"),
-    "control_rate": (10.0, "physics steps of one control period per second (Hz)"),
-    "camera_rate": (0.0, "images per second (Hz); 0: one per control tick"),
-    "image_width": (128, "camera image width (pixels)"),
-    "image_height": (128, "camera image height (pixels)"),
-    "shadows": (False, "render shadows (a height cue; about 3x the render time)"),
-    "command_timeout": (0.5, "a twist older than this (s) counts as zero velocity"),
-    "publish_instruction": (True, "publish the task's instruction on 'instruction' (latched)"),
-    "label_episodes": (True, "label episodes the recorder ends with outcome 'unknown' by the "
-                       "success detector (recorder/label_episode)"),
-    "frame_id": ("camera", "frame_id of the images"),
-}
 
 
 class SimRobotNode(Node):
@@ -86,23 +66,15 @@ class SimRobotNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
-        p = {name: self.declare_parameter(name, default, ParameterDescriptor(
-            description=description)).value for name, (default, description) in
-            PARAMETERS.items()}
-        rate = float(p["control_rate"])
-        camera_rate = float(p["camera_rate"]) or rate
-        if not (math.isfinite(rate) and rate > 0 and math.isfinite(camera_rate)
-                and camera_rate > 0):
-            raise ValueError(f"control_rate and camera_rate must be > 0 Hz, got {rate} and "
-                             f"{camera_rate}")
+        self.config = declare_config(self, SimRobotNodeConfig)
+        rate = self.config.control_rate
+        camera_rate = self.config.camera_rate or rate
         self.period = 1.0 / rate
-        self.sim = TabletopSim(SimConfig(
-            task=str(p["task"]), control_period=self.period, image_width=int(p["image_width"]),
-            image_height=int(p["image_height"]), shadows=bool(p["shadows"])))
-        self.seed = int(p["seed"])
+        self.sim = TabletopSim(self.config.sim_config())
+        self.seed = self.config.seed
         self.resets = 0
-        self.command_timeout = float(p["command_timeout"])
-        self.frame_id = str(p["frame_id"])
+        self.command_timeout = self.config.command_timeout
+        self.frame_id = self.config.frame_id
         self._twist = np.zeros(3)
         self._twist_time = -math.inf
         self._gripper = 0.0
@@ -115,14 +87,14 @@ class SimRobotNode(Node):
         self.joint_pub = self.create_publisher(JointState, "joint_states", SENSOR_QOS)
         self.success_pub = self.create_publisher(Bool, "task_success", RELIABLE_QOS)
         self.state_pub = self.create_publisher(Float64MultiArray, "~/state", RELIABLE_QOS)
-        if p["publish_instruction"]:
+        if self.config.publish_instruction:
             self.instruction_pub = self.create_publisher(String, "instruction", INSTRUCTION_QOS)
             self.instruction_pub.publish(String(data=self.sim.config.instruction))
         self.create_subscription(TwistStamped, "arm_command", self._on_twist, COMMAND_QOS)
         self.create_subscription(Float64, "gripper_command", self._on_gripper, COMMAND_QOS)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self._label_client = None
-        if p["label_episodes"]:
+        if self.config.label_episodes:
             self._label_client = self.create_client(LabelEpisode, "recorder/label_episode")
             self.create_subscription(EpisodeEvent, "episode_events", self._on_event,
                                      EPISODE_EVENTS_QOS)

@@ -13,7 +13,8 @@ The batch supplies R^(n) (``reward``, the n-step discounted reward sum), gamma^n
 ``done`` (the episode ends within the n steps: nothing to bootstrap) and ``mc_return``; the
 dataset chooses n (n = 1 is one-step TD). Q_target is a Polyak-averaged copy of the network,
 always evaluated in eval mode and without gradients. Every piece is a switch in
-``LearnerConfig`` so each can be ablated; the defaults are the paper's algorithm.
+``LearnerConfig`` (:mod:`qt_ros.qtransformer.learner_config`) so each can be ablated; the
+defaults are the paper's algorithm.
 
 The pure functions ``bellman_targets`` and ``q_transformer_loss`` hold all the arithmetic, so
 tests can check them against hand-computed numbers.
@@ -22,65 +23,14 @@ tests can check them against hand-computed numbers.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
+from qt_ros.qtransformer.learner_config import LearnerConfig
+
 BATCH_KEYS = ("frames", "instruction_embedding", "state", "action_bins", "reward", "next_frames",
               "next_state", "done", "discount", "mc_return")
-
-
-@dataclass
-class LearnerConfig:
-    """Hyper-parameters and ablation switches of the update (defaults: the paper's algorithm).
-
-    Attributes:
-        lr: AdamW learning rate.
-        weight_decay: AdamW decoupled weight decay on matrices (0 turns AdamW into Adam).
-        betas: AdamW moment decay rates.
-        grad_clip: clip the global gradient norm to this (0 turns clipping off).
-        target_network: bootstrap from a Polyak-averaged target network (False: from the online
-            network itself, still without gradients and in eval mode).
-        tau: Polyak rate, target <- (1 - tau) target + tau online after every update (1: copy).
-        autoregressive_targets: intermediate dimension i < d bootstraps from dimension i+1 at the
-            same state (False: every dimension gets the last dimension's Bellman target).
-        bootstrap: the last dimension bootstraps from the next state (False: the target is the
-            n-step reward alone, i.e. Monte Carlo regression when n covers the episode).
-        mc_lower_bound: replace every target by max(target, mc_return).
-        conservative_weight: alpha, weight of the regularizer pulling untaken bins toward q_min
-            (0 turns it off).
-    """
-
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0
-    target_network: bool = True
-    tau: float = 0.005
-    autoregressive_targets: bool = True
-    bootstrap: bool = True
-    mc_lower_bound: bool = True
-    conservative_weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("lr must be > 0; weight_decay and grad_clip >= 0")
-        if self.conservative_weight < 0:
-            raise ValueError(f"conservative_weight must be >= 0, got {self.conservative_weight}")
-
-    def to_config(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_config(cls, config: dict) -> LearnerConfig:
-        unknown = set(config) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown learner config field(s): {sorted(unknown)}")
-        return cls(**config)
 
 
 def masked_max(q: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

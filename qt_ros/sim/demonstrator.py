@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qt_ros.common.settings import setting
 from qt_ros.sim.simulator import BLOCK_HALF, TABLE_TOP, SimConfig, SimState
 
 MISTAKES = ("off_center", "drop", "early_terminate")
@@ -32,23 +33,18 @@ XY_TOLERANCE = 0.006  # aligned enough to descend (m)
 
 @dataclass
 class DemonstratorConfig:
-    """How the scripted demonstrator acts.
+    """How the scripted demonstrator acts."""
 
-    Attributes:
-        max_step: largest x y z move per step (m); keep it within the policy's safety limits.
-        gain: fraction of the remaining distance moved per step (before ``max_step``).
-        noise: standard deviation of Gaussian noise added to every x y z delta (m).
-        failure_rate: probability that an episode contains one scripted mistake.
-        quantum: x y z deltas are rounded to multiples of this (m; 0: continuous). A few
-            distinct values make the same action bins recur in the data, which a briefly
-            trained Q-Transformer picks up much sooner than 256 barely repeated bins.
-    """
-
-    max_step: float = 0.02
-    gain: float = 0.7
-    noise: float = 0.0
-    failure_rate: float = 0.0
-    quantum: float = 0.005
+    max_step: float = setting(0.02, "largest x y z delta per step (m); keep it within the "
+                                    "policy's safety limits")
+    gain: float = setting(0.7, "fraction of the remaining distance moved per step (before "
+                               "max_step)")
+    noise: float = setting(0.0, "standard deviation of the Gaussian noise added to every x y z "
+                                "delta (m per step)")
+    failure_rate: float = setting(0.0, "probability of one scripted mistake per episode (0..1)")
+    # A few distinct values make the same action bins recur in the data, which a briefly
+    # trained Q-Transformer picks up much sooner than 256 barely repeated bins.
+    quantum: float = setting(0.005, "x y z deltas are multiples of this (m; 0: continuous)")
 
     def __post_init__(self) -> None:
         if not 0 < self.max_step <= 0.05:

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qt_ros.common.settings import setting
+
 os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported: offscreen, no display
 
 TASKS = {
@@ -57,34 +59,27 @@ WORKSPACE_HIGH = (0.14, 0.14, 0.18)
 
 @dataclass
 class SimConfig:
-    """Scene, task and camera of the simulated robot.
+    """Scene, task and camera of the simulated robot (the module docstring describes the tasks)."""
 
-    Attributes:
-        task: ``lift`` or ``place`` (see the module docstring).
-        control_period: seconds of physics per :meth:`TabletopSim.step` (1 / control rate).
-        image_width / image_height: camera resolution (pixels).
-        max_delta: largest end-effector move per step (m), the default tokenizer's bound.
-        lift_height: how far above the table the block must be held for ``lift`` (m).
-        goal_radius: the block centre must be this close to the pad centre for ``place`` (m).
-        block_range: block (and goal) x, y drawn uniformly from +-this (m).
-        block_yaw: block yaw drawn uniformly from +-this (rad); 0 keeps it square to the fingers.
-        start_height: (low, high) of the random start height of the finger tips (m).
-        timestep: physics time step (s).
-        shadows: render shadows (a height cue in the image; ~3x the render time).
-    """
-
-    task: str = "lift"
-    control_period: float = 0.1
-    image_width: int = 128
-    image_height: int = 128
-    max_delta: float = 0.05
-    lift_height: float = 0.05
-    goal_radius: float = 0.03
-    block_range: float = 0.1
-    block_yaw: float = 0.0
-    start_height: tuple[float, float] = (0.10, 0.16)
-    timestep: float = 0.002
-    shadows: bool = False
+    task: str = setting("lift", "what to do", choices=TASKS)
+    control_period: float = setting(0.1, "seconds of physics per TabletopSim.step "
+                                         "(1 / control rate)")
+    image_width: int = setting(128, "camera image width (pixels)")
+    image_height: int = setting(128, "camera image height (pixels)")
+    max_delta: float = setting(0.05, "largest end-effector move per step (m), the default "
+                                     "tokenizer's bound")
+    lift_height: float = setting(0.05, "how far above the table the block must be held for "
+                                       "lift (m)")
+    goal_radius: float = setting(0.03, "the block centre must be this close to the pad centre "
+                                       "for place (m)")
+    block_range: float = setting(0.1, "block (and goal) x, y drawn uniformly from +-this (m)")
+    block_yaw: float = setting(0.0, "block yaw drawn uniformly from +-this (rad); 0 keeps it "
+                                    "square to the fingers")
+    start_height: tuple[float, float] = setting(
+        (0.10, 0.16), "(low, high) of the random start height of the finger tips (m)")
+    timestep: float = setting(0.002, "physics time step (s)")
+    shadows: bool = setting(False, "render shadows (a height cue in the image; about 3x the "
+                                   "render time)")
     extra: dict = field(default_factory=dict)  # reserved: keeps configs forward compatible
 
     def __post_init__(self) -> None:

@@ -40,6 +40,58 @@ COMMON = ["--preset", "tiny", "--encoder", "hash", "--batch-size", "4", "--worke
           "--log-every", "5"]
 
 
+def test_options_are_the_config_fields_with_their_defaults():
+    """Every option comes from TrainConfig / LearnerConfig, so the defaults are theirs; the
+    learner's flags keep their names (--alpha is conservative_weight)."""
+    from qt_ros.cli import build_parser
+    from qt_ros.commands.train import config_from_args
+    from qt_ros.data.returns import DEFAULT_GAMMA
+    from qt_ros.qtransformer.learner import LearnerConfig
+    from qt_ros.qtransformer.trainer import TrainConfig
+
+    def parse(*args: str) -> TrainConfig:
+        argv = ["train", "data", "--out", "ckpt", *args]
+        return config_from_args(build_parser(argv).parse_args(argv))
+
+    assert parse() == TrainConfig(dataset="data", out="ckpt")
+    assert parse().gamma == DEFAULT_GAMMA and parse().learner == LearnerConfig()
+    cfg = parse("--lr", "3e-4", "--tau", "0.5", "--alpha", "0", "--no-target-network",
+                "--no-autoregressive-targets", "--no-bootstrap", "--no-mc-lower-bound",
+                "--batch-size", "4", "--n-step", "3", "--gamma", "0.9", "--max-minutes", "2",
+                "--init", "old/", "--history", "3", "--betas", "0.8", "0.99")
+    assert cfg.learner == LearnerConfig(lr=3e-4, tau=0.5, conservative_weight=0.0,
+                                        target_network=False, autoregressive_targets=False,
+                                        bootstrap=False, mc_lower_bound=False,
+                                        betas=(0.8, 0.99))
+    assert (cfg.batch_size, cfg.n_step, cfg.gamma, cfg.max_minutes, cfg.init, cfg.history) == \
+        (4, 3, 0.9, 2.0, "old/", 3)
+    assert TrainConfig("d", "o", learner={"lr": 0.1}).learner == LearnerConfig(lr=0.1)
+
+
+def test_help_shows_every_option_without_loading_torch():
+    code = ("import sys\n"
+            "from qt_ros.cli import main\n"
+            "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch loaded' if 'torch' in sys.modules else 'no torch')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("no torch")
+    for flag in ("--out", "--preset", "--history", "--steps", "--batch-size", "--n-step",
+                 "--gamma", "--encoder", "--demo-weight", "--autonomous-weight", "--device",
+                 "--workers", "--save-every", "--log-every", "--max-minutes", "--init", "--seed",
+                 "--lr", "--tau", "--alpha", "--no-target-network", "--no-autoregressive-targets",
+                 "--no-bootstrap", "--no-mc-lower-bound"):
+        assert flag in result.stdout, flag
+    assert "(default: 0.98)" in result.stdout
+
+
+def test_a_bad_learner_value_is_a_clear_error(tmp_path):
+    result = _train(str(tmp_path), "--out", str(tmp_path / "ckpt"), "--tau", "2", *COMMON)
+    assert result.returncode == 2
+    assert "tau must be in (0, 1]" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_train_writes_a_checkpoint_the_policy_loads(dataset, tmp_path):
     out = tmp_path / "ckpt"
     result = _train(str(dataset), "--out", str(out), "--steps", "20", "--save-every", "10",

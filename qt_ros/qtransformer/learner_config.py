@@ -1,0 +1,62 @@
+"""The learner's hyper-parameters and ablation switches (``LearnerConfig``), without PyTorch.
+
+Kept apart from :mod:`qt_ros.qtransformer.learner` so that ``qt-ros train --help``, whose learner
+options are generated from these fields, never imports torch. The defaults are the paper's
+algorithm; docs/design.md explains each switch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from qt_ros.common.settings import setting
+
+
+@dataclass
+class LearnerConfig:
+    """Hyper-parameters and ablation switches of the update (defaults: the paper's algorithm)."""
+
+    lr: float = setting(1e-4, "AdamW learning rate")
+    weight_decay: float = setting(
+        0.01, "AdamW decoupled weight decay on matrices (0 turns AdamW into Adam)")
+    betas: tuple[float, float] = setting((0.9, 0.999), "AdamW moment decay rates")
+    grad_clip: float = setting(
+        1.0, "clip the global gradient norm to this (0 turns clipping off)")
+    target_network: bool = setting(
+        True, "bootstrap from a Polyak-averaged target network (off: from the online network "
+              "itself, still without gradients and in eval mode)")
+    tau: float = setting(
+        0.005, "Polyak rate: target <- (1 - tau) target + tau online after every update "
+               "(1: copy)")
+    autoregressive_targets: bool = setting(
+        True, "an intermediate dimension i < d bootstraps from dimension i+1 at the same state "
+              "(off: every dimension gets the last dimension's Bellman target)")
+    bootstrap: bool = setting(
+        True, "the last dimension bootstraps from the next state (off: its target is the "
+              "n-step reward alone, Monte Carlo regression when n covers the episode)")
+    mc_lower_bound: bool = setting(
+        True, "replace every target by max(target, Monte Carlo return)")
+    conservative_weight: float = setting(
+        1.0, "alpha: weight of the regularizer pulling the Q of untaken bins toward q_min "
+             "(0 turns it off)", flag="--alpha")
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be > 0; weight_decay and grad_clip >= 0")
+        if self.conservative_weight < 0:
+            raise ValueError(f"conservative_weight must be >= 0, got {self.conservative_weight}")
+
+    def to_config(self) -> dict:
+        """The fields as a JSON-ready dict (as stored in a checkpoint's config)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> LearnerConfig:
+        """Inverse of :meth:`to_config`; unknown keys are an error (a typo is not ignored)."""
+        unknown = set(config) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown learner config field(s): {sorted(unknown)}")
+        return cls(**config)
