@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from qt_ros.data.dataset_store import DatasetStore
+from qt_ros.data.dataset_reader import DatasetStore
 
 from conftest import REPO
 

@@ -23,7 +23,8 @@ import psutil
 import torch
 
 from qt_ros.qtransformer.instruction_encoder import EncoderConfig, make_encoder
-from qt_ros.qtransformer.model import PRESETS, QTransformer, count_parameters, model_config
+from qt_ros.qtransformer.model import QTransformer, count_parameters
+from qt_ros.qtransformer.model_config import PRESETS, model_config
 from qt_ros.qtransformer.policy import Policy
 from qt_ros.qtransformer.tokenizer import ActionTokenizer
 

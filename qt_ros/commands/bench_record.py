@@ -97,7 +97,7 @@ def _bench(args: argparse.Namespace, recorder: subprocess.Popen, record_dir: Pat
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float64
 
-    from qt_ros.episodes.bags import BagReader
+    from qt_ros.episodes.bag_reader import BagReader
     from qt_ros.msg import PolicyStep
     from qt_ros.srv import EndEpisode, StartEpisode
 

@@ -3,10 +3,10 @@
 Reads qt_ros episode bags (``recorder_node``; complete, or incomplete after a crash) and plain
 ``ros2 bag record`` bags (MCAP or sqlite3) described by a topic mapping (``--mapping``, see
 :mod:`qt_ros.data.topic_mapping`). Each bag is converted in a worker process
-(:mod:`qt_ros.data.episode_conversion`) and appended to the dataset
-(:mod:`qt_ros.data.dataset_store`); bags already in the dataset are skipped. A bag that cannot be
-converted (corrupt, truncated, empty, a missing topic, images in an unknown encoding) is reported
-with the reason and skipped; the others are converted.
+(:mod:`qt_ros.data.bag_conversion`, :mod:`qt_ros.data.episode_conversion`) and appended to the
+dataset (:mod:`qt_ros.data.dataset_writer`); bags already in the dataset are skipped. A bag that
+cannot be converted (corrupt, truncated, empty, a missing topic, images in an unknown encoding) is
+reported with the reason and skipped; the others are converted.
 
 Exit status: 0 when every bag was converted or skipped as already converted, 1 when some failed,
 2 when nothing could be done (bad options, mapping or dataset).
@@ -15,38 +15,27 @@ Exit status: 0 when every bag was converted or skipped as already converted, 1 w
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
-import multiprocessing
 import os
 import sys
 import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from tqdm import tqdm
 
-from qt_ros.data.dataset_store import DatasetError, DatasetStore, DatasetWriter
+from qt_ros.data.bag_conversion import convert_bags, load_tokenizer_config
+from qt_ros.data.dataset_format import DatasetError
+from qt_ros.data.dataset_reader import DatasetStore
+from qt_ros.data.dataset_writer import DEFAULT_SHARD_STEPS, DatasetWriter
 from qt_ros.data.episode_conversion import (
+    DEFAULT_IMAGE_SIZE,
     ConvertedEpisode,
     ConvertOptions,
-    EpisodeError,
     Skipped,
-    convert_bag,
 )
-from qt_ros.data.images import ImageConversionError
 from qt_ros.data.returns import DEFAULT_GAMMA
 from qt_ros.data.topic_mapping import MappingError, TopicMapping
-from qt_ros.episodes.bags import BagError, BagReader, find_bags
+from qt_ros.episodes.bag_metadata import find_bags
 from qt_ros.qtransformer.tokenizer import ActionTokenizer
-
-DEFAULT_IMAGE_SIZE = (128, 128)
-_DIED = ("a conversion worker process died (killed, or out of memory?) before finishing this "
-         "bag; retry with fewer --workers")
-_NOT_RUN = "not converted: a worker process died earlier in this run; run the command again"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,12 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="action tokenizer: a JSON file of ActionTokenizer.to_config(), or "
                              "a checkpoint directory / config.json (default: the dataset's, else "
                              "the default tokenizer)")
-    parser.add_argument("--shard-steps", type=int, default=20000,
+    parser.add_argument("--shard-steps", type=int, default=DEFAULT_SHARD_STEPS,
                         help="rows per shard before a new one starts")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Convert the bags into the dataset and print a summary; returns the exit status."""
     try:
         options = _options(args)
     except (MappingError, DatasetError, ValueError, OSError) as exc:
@@ -97,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         converted = {e["key"]: e.get("outcome") for e in writer.episodes}
         bar = tqdm(total=len(bags), unit="bag", desc="convert", file=sys.stderr,
                    disable=args.quiet, dynamic_ncols=True)
-        for bag, result in _results(bags, options, writer.keys, args.workers):
+        for bag, result in convert_bags(bags, options, writer.keys, args.workers):
             if isinstance(result, ConvertedEpisode):
                 try:
                     index = writer.append(result.record, result.arrays)
@@ -130,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 class Summary:
+    """What a conversion run did, bag by bag, for the report printed at the end."""
+
     def __init__(self) -> None:
         self.converted: list[str] = []
         self.skipped: list[str] = []
@@ -140,6 +132,7 @@ class Summary:
         self.seconds = 0.0
 
     def text(self, out: str, episodes: int, steps: int) -> str:
+        """The report: counts, every failure and warning, and what the dataset now holds."""
         lines = [f"converted {len(self.converted)} bag(s) ({self.steps} steps, {self.dropped} "
                  f"dropped) in {self.seconds:.2f} s; skipped {len(self.skipped)} already "
                  f"converted; failed {len(self.failed)}"]
@@ -183,82 +176,3 @@ def parse_image_size(text: str) -> tuple[int, int]:
     if len(parts) != 2 or min(parts) < 1:
         raise ValueError(f"--image-size must be N or HxW (pixels), got '{text}'")
     return parts[0], parts[1]
-
-
-def load_tokenizer_config(path: str) -> dict:
-    """A tokenizer config from a JSON file, a checkpoint's config.json, or a checkpoint dir."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "config.json"
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read the tokenizer from {p}: {exc}") from exc
-    config = data.get("tokenizer", data) if isinstance(data, dict) else None
-    if not isinstance(config, dict):
-        raise ValueError(f"{p} holds no tokenizer config")
-    return ActionTokenizer.from_config(config).to_config()
-
-
-def convert_one(task: tuple[str, ConvertOptions, frozenset[str]]):
-    """Worker: one bag -> ConvertedEpisode | Skipped | error text (never raises)."""
-    bag, options, skip = task
-    try:
-        return convert_bag(bag, options, skip)
-    except (BagError, EpisodeError, MappingError, ImageConversionError) as exc:
-        return str(exc).replace(f"{bag}: ", "", 1)
-    except Exception as exc:  # noqa: BLE001 - one bad bag must not stop the others
-        return f"unexpected {type(exc).__name__} while reading the bag: {exc}"
-
-
-def _results(bags: list[Path], options: ConvertOptions, skip: frozenset[str],
-             workers: int) -> Iterator[tuple[str, object]]:
-    tasks = [(str(b), options, skip) for b in bags]
-    if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            yield task[0], convert_one(task)
-        return
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    if method == "fork":
-        _warm_up(tasks[0][0])
-    ctx = multiprocessing.get_context(method)
-    # A bounded window of submitted bags keeps memory flat; results come back in bag order.
-    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx,
-                             initializer=_worker_init) as pool:
-        pending: deque = deque()
-        todo = iter(tasks)
-
-        def submit(task):
-            try:
-                return pool.submit(convert_one, task)
-            except BrokenProcessPool:
-                return None
-
-        for task in itertools.islice(todo, 2 * workers):
-            pending.append((task, submit(task)))
-        broken = False
-        while pending:
-            task, future = pending.popleft()
-            try:
-                result = future.result() if future is not None else _NOT_RUN
-            except BrokenProcessPool:
-                result = _NOT_RUN if broken else _DIED
-                broken = True
-            yield task[0], result
-            for nxt in itertools.islice(todo, 1):
-                pending.append((nxt, submit(nxt)))
-
-
-def _warm_up(bag: str) -> None:
-    """Build the message typestores once, before forking, so workers inherit them (building
-    one costs about as much as converting a short bag)."""
-    try:
-        BagReader.open(bag).close()
-    except Exception:  # noqa: BLE001 - the worker reports what is wrong with the bag
-        pass
-
-
-def _worker_init() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core already

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from qt_ros.data.dataset_store import DatasetError, DatasetStore
+from qt_ros.data.dataset_format import DatasetError
+from qt_ros.data.dataset_reader import DatasetStore
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from qt_ros.episodes.bag_metadata import find_bags
 from qt_ros.episodes.bag_repair import repair_bag
-from qt_ros.episodes.bags import find_bags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

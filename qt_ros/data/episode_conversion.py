@@ -35,9 +35,12 @@ from qt_ros.data.topic_mapping import (
     mapping_from_roles,
     read_fields,
 )
-from qt_ros.episodes.bags import BagError, BagReader, episode_metadata
+from qt_ros.episodes.bag_metadata import BagError
+from qt_ros.episodes.bag_reader import BagReader, episode_metadata
 from qt_ros.episodes.catalog import reward_for
 from qt_ros.qtransformer.tokenizer import ActionTokenizer
+
+DEFAULT_IMAGE_SIZE = (128, 128)  # (H, W), the training resolution when none is asked
 
 
 @dataclass
@@ -45,7 +48,7 @@ class ConvertOptions:
     """How bags become steps (the ``qt-ros convert`` options)."""
 
     tokenizer: dict = field(default_factory=lambda: ActionTokenizer().to_config())
-    image_size: tuple[int, int] = (128, 128)  # (H, W)
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE  # (H, W)
     gamma: float = DEFAULT_GAMMA
     mapping: TopicMapping | None = None
     max_image_age: float | None = None  # overrides the mapping's
@@ -78,7 +81,7 @@ class EpisodeError(Exception):
 def bag_fingerprint(bag: BagReader) -> str:
     """Identity of a bag without episode metadata: its data files' names, sizes and first MiB."""
     h = hashlib.sha1()
-    for f in bag._files:
+    for f in bag.data_files:
         h.update(f.name.encode())
         h.update(str(f.stat().st_size).encode())
         with open(f, "rb") as fh:

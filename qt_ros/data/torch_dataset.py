@@ -14,7 +14,7 @@ Item ``t`` of an episode of length ``T`` (the learner's batch is the default col
     discount               float32 []            gamma^n, the bootstrap factor
     mc_return              float32 []            sum_{j>=t} gamma^(j-t) r_j
 
-The on-disk layout is :mod:`qt_ros.data.dataset_store`. Steps are read from memory maps opened in
+The on-disk layout is :mod:`qt_ros.data.dataset_format`. Steps are read from memory maps opened in
 each DataLoader worker, so any number of workers is safe. ``sample_weights`` gives per-step
 weights for a ``WeightedRandomSampler`` that draws each (source, outcome) group in chosen shares.
 """
@@ -29,13 +29,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
-from qt_ros.data.dataset_store import DatasetError, DatasetStore
+from qt_ros.data.dataset_format import DatasetError
+from qt_ros.data.dataset_reader import DatasetStore
 from qt_ros.data.returns import DEFAULT_GAMMA, mc_returns
 from qt_ros.qtransformer.tokenizer import ActionTokenizer
 
 EMBEDDINGS_FILE = "instruction_embeddings.npy"
-
-__all__ = ["DatasetError", "DatasetStore", "QTransformerDataset", "save_instruction_embeddings"]
 
 
 def save_instruction_embeddings(root: str | Path, embeddings: np.ndarray) -> Path:

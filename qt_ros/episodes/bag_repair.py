@@ -19,26 +19,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from qt_ros.episodes.bags import (
+from qt_ros.episodes.bag_metadata import (
     METADATA_FILE,
     BagError,
-    BagReader,
     decode_custom_data,
     encode_custom_data,
-    episode_metadata,
-    mcap_records,
     read_metadata,
     storage_files,
+    write_metadata,
 )
-from qt_ros.episodes.catalog import CatalogError, EpisodeCatalog, atomic_write_text, iso_time
+from qt_ros.episodes.bag_reader import BagReader, episode_metadata
+from qt_ros.episodes.catalog import CatalogError, EpisodeCatalog, iso_time
+from qt_ros.episodes.mcap_scan import ChannelRecord, MessageRecord, SchemaRecord, mcap_records
 
 
 @dataclass
 class RepairResult:
+    """What ``repair_bag`` found and did with one bag (``messages``: how many it kept)."""
+
     bag: Path
     state: str  # "ok", "repaired", "reindexed", "needs repair", "failed"
     detail: str
@@ -123,18 +124,17 @@ def _rewrite_mcap(path: Path, files: list[Path], info: dict | None,
     count = 0
     try:
         for record in mcap_records(source, problems=problems, registry=store):
-            if record[0] == "schema":
-                schemas[record[1]] = record[3]
-            elif record[0] == "channel":
-                _, topic, msgtype = record
+            if isinstance(record, SchemaRecord):
+                schemas[record.name] = record.text
+            elif isinstance(record, ChannelRecord):
+                topic, msgtype = record
                 if topic in connections or msgtype not in schemas:
                     continue
                 connections[topic] = writer.add_connection(
                     topic, msgtype, msgdef=schemas[msgtype], rihs01=_hash(store, msgtype))
-            elif record[0] == "message":
-                _, topic, _, timestamp, data = record
-                if topic in connections:
-                    writer.write(connections[topic], timestamp, data)
+            elif isinstance(record, MessageRecord):
+                if record.topic in connections:
+                    writer.write(connections[record.topic], record.log_time, record.data)
                     count += 1
         meta = _episode_meta(path, info)
         meta.update(status="repaired", message_count=count,
@@ -246,9 +246,7 @@ def _reindex_sqlite(path: Path, files: list[Path]) -> RepairResult:
                        "duration": {"nanoseconds": duration}, "message_count": total}
                       for f in files[:1]],
             "custom_data": {"qt_ros.status": "reindexed"}}
-    atomic_write_text(path / METADATA_FILE,
-                      yaml.safe_dump({"rosbag2_bagfile_information": info}, sort_keys=False,
-                                     width=4096))
+    write_metadata(path, info)
     _update_catalog(path, total)
     return RepairResult(path, "reindexed", f"metadata rebuilt: {total} messages on "
                         f"{len(topics_meta)} topics", total)

@@ -15,12 +15,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from qt_ros.common.files import atomic_write_text
 
 CATALOG_FILE = "catalog.json"
 FORMAT = "qt_ros-episode-catalog"
@@ -30,34 +30,6 @@ OUTCOMES = ("success", "failure", "aborted", "unknown")
 
 class CatalogError(Exception):
     """The catalog cannot be read or written; the text says which file and what to do."""
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically: readers see the old or the new file, never a mix.
-
-    On any error (a full disk included) the temporary file is removed and the old file is left
-    untouched.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates 0600 files; keep the mode of the file replaced, else rw-r--r--
-        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # persist the rename itself
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def reward_for(outcome: str, reward: float | None = None) -> float:

@@ -21,7 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from qt_ros.qtransformer.instruction_encoder import EncoderConfig, make_encoder
-from qt_ros.qtransformer.model import ModelConfig, QTransformer, model_config
+from qt_ros.qtransformer.model import QTransformer
+from qt_ros.qtransformer.model_config import ModelConfig, model_config
 from qt_ros.qtransformer.policy import Exploration, Policy
 from qt_ros.qtransformer.tokenizer import ActionTokenizer
 

@@ -24,261 +24,22 @@ away above any achievable return, and the conservative regularizer's floor (0, t
 return) is the bottom of the range. For rewards in [0, r_max] at every step use
 ``q_max = r_max / (1 - gamma)``.
 
-The image encoder normalizes with LayerNorm over channels, not EfficientNet's BatchNorm: the Q
-value of a frame must not depend on the rest of the batch, or the Q the policy acts on (batch 1,
-eval mode) would differ from the Q the learner trained (batch B, train mode).
+The image encoder (FiLM-EfficientNet and TokenLearner, normalized so that a frame's Q value never
+depends on the rest of the batch) is :mod:`qt_ros.qtransformer.image_encoder`; the configuration
+and its presets are :mod:`qt_ros.qtransformer.model_config`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild the network (saved in every checkpoint's config.json).
-
-    Attributes:
-        image_size: (height, width) of the frames the encoder takes; policies resize to this.
-        history: number of frames w in the observation (0: no images, a state-only model).
-        instruction_dim: size of the instruction embedding (384 for all-MiniLM-L6-v2).
-        state_dim: size of the proprioceptive state vector (0: none).
-        action_bins: bins of each action dimension, in autoregressive order.
-        stem_channels: output channels of the stem convolution.
-        stem_stride: 2 (EfficientNet's 3x3 stride-2 stem convolution) or 4 or 8 (a patchify
-            stem: non-overlapping s x s patches, linearly projected, as in ConvNeXt/ViT).
-        stage_channels: output channels of each MBConv stage.
-        stage_blocks: MBConv blocks per stage (the first block of a stage carries the stride).
-        stage_strides: stride of each stage.
-        expand_ratio: MBConv inverted-bottleneck expansion.
-        tokens_per_frame: TokenLearner tokens k per frame (paper: 8).
-        d_model: transformer width.
-        frame_layers: transformer blocks over the k tokens of one frame (cached with the frame,
-            so they cost one frame's work per control step).
-        num_layers: trunk transformer blocks over the tokens of all w frames.
-        head_layers: head transformer blocks over the action tokens (autoregressive).
-        head_d_model: width of the head (0: d_model). Acting reads the head's weights once per
-            action dimension, so a narrower head that stays in the CPU cache acts faster.
-        num_heads: attention heads.
-        mlp_ratio: hidden size of the transformer MLPs relative to d_model.
-        head_mlp_ratio: the same for the head.
-        dropout: dropout in the transformer (0 keeps train and eval mode identical).
-        q_min: smallest Q value (the minimal return; the conservative regularizer's target).
-        q_max: largest Q value (the maximal return).
-    """
-
-    image_size: tuple[int, int] = (64, 64)
-    history: int = 6
-    instruction_dim: int = 384
-    state_dim: int = 0
-    action_bins: tuple[int, ...] = (256,) * 7 + (2,)
-    stem_channels: int = 96
-    stem_stride: int = 8
-    stage_channels: tuple[int, ...] = (128, 256)
-    stage_blocks: tuple[int, ...] = (1, 1)
-    stage_strides: tuple[int, ...] = (1, 2)
-    expand_ratio: int = 4
-    tokens_per_frame: int = 4
-    d_model: int = 256
-    frame_layers: int = 6
-    num_layers: int = 4
-    head_layers: int = 1
-    head_d_model: int = 128
-    num_heads: int = 8
-    mlp_ratio: float = 4.0
-    head_mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    q_min: float = 0.0
-    q_max: float = 1.0
-
-    def __post_init__(self) -> None:
-        self.image_size = tuple(int(v) for v in self.image_size)
-        self.action_bins = tuple(int(b) for b in self.action_bins)
-        self.stage_channels = tuple(int(c) for c in self.stage_channels)
-        self.stage_blocks = tuple(int(n) for n in self.stage_blocks)
-        self.stage_strides = tuple(int(s) for s in self.stage_strides)
-        if len(self.image_size) != 2 or min(self.image_size) < 8:
-            raise ValueError(f"image_size must be (height, width) >= 8, got {self.image_size}")
-        if not (len(self.stage_channels) == len(self.stage_blocks) == len(self.stage_strides)):
-            raise ValueError("stage_channels, stage_blocks and stage_strides need the same length")
-        if self.d_model % self.num_heads or self.head_width % self.num_heads:
-            raise ValueError(f"d_model {self.d_model} and head_d_model {self.head_width} must "
-                             f"be divisible by num_heads {self.num_heads}")
-        if not self.action_bins or min(self.action_bins) < 2:
-            raise ValueError(f"action_bins needs >= 1 dimension of >= 2 bins: {self.action_bins}")
-        if (min(self.history, self.state_dim, self.frame_layers) < 0
-                or min(self.tokens_per_frame, self.num_layers, self.head_layers) < 1):
-            raise ValueError("history, state_dim and frame_layers must be >= 0, tokens_per_frame, "
-                             "num_layers and head_layers >= 1")
-        if self.stem_stride not in (2, 4, 8):
-            raise ValueError(f"stem_stride must be 2, 4 or 8, got {self.stem_stride}")
-        if self.history and any(v % self.stem_stride for v in self.image_size):
-            raise ValueError(f"image_size {self.image_size} must be divisible by stem_stride "
-                             f"{self.stem_stride}")
-        if not self.q_max > self.q_min:
-            raise ValueError(f"q_max ({self.q_max}) must be above q_min ({self.q_min})")
-
-    @property
-    def num_dims(self) -> int:
-        return len(self.action_bins)
-
-    @property
-    def head_width(self) -> int:
-        return self.head_d_model or self.d_model
-
-    @property
-    def max_bins(self) -> int:
-        return max(self.action_bins)
-
-    def to_config(self) -> dict:
-        """Plain JSON-safe dict."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_config(cls, config: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(config) - known
-        if unknown:
-            raise ValueError(f"unknown model config field(s): {sorted(unknown)}")
-        return cls(**config)
-
-
-# Named configurations. The defaults above are `small` (9.5M parameters at 8 x 256 bins), sized
-# for a robot's CPU: most of its layers are per-frame (cached while acting), the temporal trunk
-# is short and the head, run once per action dimension, is narrow. `base` follows the paper's
-# scale (RT-1-like: 8 transformer layers of width 512 over 8 tokens per frame, larger images).
-PRESETS: dict[str, dict] = {
-    "tiny": dict(image_size=(32, 32), history=2, stem_channels=16, stem_stride=4,
-                 stage_channels=(16, 32), stage_blocks=(1, 1), stage_strides=(1, 2),
-                 expand_ratio=2, tokens_per_frame=2, d_model=32, frame_layers=1, num_layers=1,
-                 head_layers=1, head_d_model=0, num_heads=2, mlp_ratio=2.0, head_mlp_ratio=2.0),
-    "small": dict(),
-    "base": dict(image_size=(128, 128), stem_channels=64, stem_stride=4,
-                 stage_channels=(64, 128, 256, 384), stage_blocks=(1, 2, 2, 2),
-                 stage_strides=(1, 2, 2, 1), tokens_per_frame=8, d_model=512, frame_layers=2,
-                 num_layers=8, head_layers=2, head_d_model=0),
-}
-
-
-def model_config(preset: str = "small", **overrides) -> ModelConfig:
-    """The named preset (``tiny``, ``small``, ``base``) with some fields replaced."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown model preset '{preset}'; choose one of {sorted(PRESETS)}")
-    base = ModelConfig(**PRESETS[preset])
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
-
-
-# ----------------------------------------------------------------------------- image encoder
-# Feature maps are channels-last [N, H, W, C]: 1x1 convolutions are then plain matrix products
-# (nn.Linear) and LayerNorm normalizes over channels, which on CPU is several times faster at
-# batch 1 than NCHW convolutions and GroupNorm.
-
-
-class MBConv(nn.Module):
-    """EfficientNet inverted-bottleneck block (expand, depthwise, squeeze-excite, project),
-    FiLM-conditioned on the instruction after the residual sum (as in RT-1's FiLM-EfficientNet).
-
-    One LayerNorm at the block input (pre-norm, as in ConvNeXt) instead of a norm after every
-    convolution: at batch 1 on a CPU each extra op costs more than its arithmetic.
-    """
-
-    def __init__(self, c_in: int, c_out: int, stride: int, expand: int):
-        super().__init__()
-        hidden = c_in * expand
-        self.norm = nn.LayerNorm(c_in)
-        self.expand = nn.Linear(c_in, hidden) if expand != 1 else None
-        self.depthwise = nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden)
-        squeeze = max(4, c_in // 4)
-        self.se_reduce = nn.Linear(hidden, squeeze)
-        self.se_expand = nn.Linear(squeeze, hidden)
-        self.project = nn.Linear(hidden, c_out)
-        self.residual = stride == 1 and c_in == c_out
-        self.out_channels = c_out
-
-    def forward(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        """x [N, H, W, C], gamma/beta [N, C_out] -> [N, H', W', C_out]."""
-        h = self.norm(x)
-        if self.expand is not None:
-            h = F.silu(self.expand(h))
-        # Depthwise conv on a channels-last view (no copy; oneDNN's fastest layout here).
-        h = F.silu(self.depthwise(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        s = self.se_expand(F.silu(self.se_reduce(h.mean((1, 2), keepdim=True))))
-        h = self.project(h * torch.sigmoid(s))
-        if self.residual:
-            h = h + x
-        # FiLM (Perez et al.): gamma and beta start at 0, so the block starts unconditioned.
-        return torch.addcmul(beta[:, None, None], h, 1 + gamma[:, None, None])
-
-
-class FiLMEfficientNet(nn.Module):
-    """Conv encoder of one frame, every block FiLM-conditioned on the instruction embedding."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        # stem_stride 2: EfficientNet's 3x3 stride-2 convolution. 4 or 8: a patchify stem (a
-        # convolution with kernel = stride, computed as one matrix product over the patches),
-        # which cuts the compute of the first blocks 4-16x: what a CPU budget needs.
-        self.patch = 0 if cfg.stem_stride == 2 else cfg.stem_stride
-        if self.patch:
-            self.stem = nn.Linear(3 * self.patch ** 2, cfg.stem_channels)
-        else:
-            self.stem = nn.Conv2d(3, cfg.stem_channels, 3, 2, 1)
-        blocks = []
-        c = cfg.stem_channels
-        for c_out, n, stride in zip(cfg.stage_channels, cfg.stage_blocks, cfg.stage_strides,
-                                    strict=True):
-            for j in range(n):
-                blocks.append(MBConv(c, c_out, stride if j == 0 else 1, cfg.expand_ratio))
-                c = c_out
-        self.blocks = nn.ModuleList(blocks)
-        self.film_sizes = [b.out_channels for b in blocks]
-        # One linear layer for all FiLM parameters: a single matmul per instruction.
-        self.film = nn.Linear(cfg.instruction_dim, 2 * sum(self.film_sizes))
-        self.out_channels = c
-
-    def film_params(self, instruction_embedding: torch.Tensor) -> torch.Tensor:
-        """[B, E] -> [B, F]: every block's (gamma, beta); computed once per instruction."""
-        return self.film(instruction_embedding)
-
-    def forward(self, images: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
-        """images float [N, 3, H, W] in [-1, 1], film [N, F] -> feature map [N, h, w, C]."""
-        if self.patch:
-            n, c, h, w = images.shape
-            p = self.patch
-            patches = images.view(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-            x = self.stem(patches.reshape(n, h // p, w // p, c * p * p))
-        else:
-            x = self.stem(images).permute(0, 2, 3, 1)
-        offset = 0
-        for block, c in zip(self.blocks, self.film_sizes, strict=True):
-            gamma = film[:, offset:offset + c]
-            beta = film[:, offset + c:offset + 2 * c]
-            offset += 2 * c
-            x = block(x, gamma, beta)
-        return x
-
-
-class TokenLearner(nn.Module):
-    """Reduce a feature map to k tokens, each a learned spatial attention-weighted average."""
-
-    def __init__(self, channels: int, num_tokens: int, d_model: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(channels)
-        self.attention = nn.Linear(channels, num_tokens)
-        self.out = nn.Linear(channels, d_model)
-
-    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """[N, h, w, C] -> [N, k, D]."""
-        x = self.norm(feature_map.flatten(1, 2))                     # [N, hw, C]
-        weights = self.attention(x).softmax(dim=1)                   # [N, hw, k], sums to 1 over hw
-        return self.out(weights.transpose(1, 2) @ x)                  # [N, k, D]
-
+from qt_ros.qtransformer.image_encoder import FiLMEfficientNet, TokenLearner
+from qt_ros.qtransformer.model_config import ModelConfig
 
 # ----------------------------------------------------------------------------- transformer
 
@@ -579,4 +340,5 @@ def greedy(_dim: int, q: torch.Tensor) -> torch.Tensor:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (weights) of a module."""
     return sum(p.numel() for p in model.parameters())

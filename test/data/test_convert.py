@@ -16,7 +16,7 @@ from mcap.reader import make_reader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from qt_ros.data.dataset_store import DatasetStore
+from qt_ros.data.dataset_reader import DatasetStore
 from qt_ros.data.episode_conversion import ConvertOptions, EpisodeError, convert_bag
 from qt_ros.data.returns import mc_returns
 from qt_ros.episodes.recorder import EpisodeRecorder, RecorderConfig

@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from qt_ros.data.dataset_store import DatasetError, DatasetStore, DatasetWriter
+from qt_ros.data.dataset_format import DatasetError
+from qt_ros.data.dataset_reader import DatasetStore
+from qt_ros.data.dataset_writer import DatasetWriter
 from qt_ros.data.episode_conversion import ConvertOptions, convert_bag
 from qt_ros.data.torch_dataset import QTransformerDataset, save_instruction_embeddings
 from qt_ros.episodes.synthetic import frame_color, write_episode

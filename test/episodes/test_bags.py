@@ -18,9 +18,10 @@ from mcap_ros2.decoder import DecoderFactory
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
-from qt_ros.episodes import catalog as catalog_module
+from qt_ros.common import files as files_module
+from qt_ros.episodes.bag_metadata import BagError, find_bags
+from qt_ros.episodes.bag_reader import BagReader
 from qt_ros.episodes.bag_repair import diagnose, repair_bag
-from qt_ros.episodes.bags import BagError, BagReader, find_bags
 from qt_ros.episodes.catalog import CatalogError, EpisodeCatalog
 from qt_ros.episodes.interfaces import EPISODE_EVENT, MSG_DEFINITIONS, POLICY_STEP
 from qt_ros.episodes.recorder import EpisodeRecorder, RecorderConfig, RecorderError
@@ -185,7 +186,7 @@ def test_catalog_write_failure_leaves_the_old_catalog(tmp_path, monkeypatch):
     def full_disk(*_args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(catalog_module.os, "replace", full_disk)
+    monkeypatch.setattr(files_module.os, "replace", full_disk)
     with pytest.raises(CatalogError, match="previous catalog is unchanged"):
         cat.update("b", status="recording")
     monkeypatch.undo()

@@ -24,8 +24,8 @@ from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float64
 
-from qt_ros.data.dataset_store import DatasetStore
-from qt_ros.episodes.bags import BagReader
+from qt_ros.data.dataset_reader import DatasetStore
+from qt_ros.episodes.bag_reader import BagReader
 from qt_ros.episodes.catalog import EpisodeCatalog
 from qt_ros.msg import EpisodeEvent, PolicyStep
 from qt_ros.nodes.recorder_node import _definition_from_class

@@ -17,7 +17,8 @@ from qt_ros.qtransformer.checkpoint import (
     save_checkpoint,
 )
 from qt_ros.qtransformer.instruction_encoder import EncoderConfig, make_encoder
-from qt_ros.qtransformer.model import QTransformer, model_config
+from qt_ros.qtransformer.model import QTransformer
+from qt_ros.qtransformer.model_config import model_config
 from qt_ros.qtransformer.policy import Policy
 from qt_ros.qtransformer.tokenizer import ActionTokenizer
 

@@ -14,7 +14,8 @@ import torch
 
 from qt_ros.qtransformer.instruction_encoder import EncoderConfig, make_encoder
 from qt_ros.qtransformer.learner import Learner, LearnerConfig
-from qt_ros.qtransformer.model import QTransformer, model_config
+from qt_ros.qtransformer.model import QTransformer
+from qt_ros.qtransformer.model_config import model_config
 from qt_ros.qtransformer.policy import Policy
 from qt_ros.qtransformer.tokenizer import ActionTokenizer
 

@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qt_ros.qtransformer.model import (
-    PRESETS,
-    ModelConfig,
-    QTransformer,
-    count_parameters,
-    greedy,
-    model_config,
-)
+from qt_ros.qtransformer.model import QTransformer, count_parameters, greedy
+from qt_ros.qtransformer.model_config import PRESETS, ModelConfig, model_config
 
 
 @pytest.fixture(autouse=True, scope="module")

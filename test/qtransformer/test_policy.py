@@ -9,7 +9,8 @@ import torch
 from qt_ros.data.images import resize_frame
 from qt_ros.qtransformer.checkpoint import load_policy, make_random_checkpoint
 from qt_ros.qtransformer.instruction_encoder import EncoderConfig, make_encoder
-from qt_ros.qtransformer.model import QTransformer, model_config
+from qt_ros.qtransformer.model import QTransformer
+from qt_ros.qtransformer.model_config import model_config
 from qt_ros.qtransformer.policy import ActResult, Exploration, Policy
 from qt_ros.qtransformer.tokenizer import ActionTokenizer
 

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from qt_ros.qtransformer.learner import Learner, LearnerConfig
-from qt_ros.qtransformer.model import ModelConfig, QTransformer
+from qt_ros.qtransformer.model import QTransformer
+from qt_ros.qtransformer.model_config import ModelConfig
 
 S, GOAL, GAMMA, M, G = 5, 4, 0.9, 3, 3
 # Q* holds exactly 0 and 1 (failed and successful grasps), which a sigmoid only approaches as its
