@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qt_ros.episodes.bags import BagError, BagWriter, encode_custom_data, update_custom_data
+from qt_ros.episodes.bag_metadata import BagError, encode_custom_data, update_custom_data
+from qt_ros.episodes.bag_writer import BagWriter
 from qt_ros.episodes.catalog import (
     OUTCOMES,
     CatalogError,
