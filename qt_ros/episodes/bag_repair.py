@@ -127,7 +127,7 @@ def _rewrite_mcap(path: Path, files: list[Path], info: dict | None,
             if isinstance(record, SchemaRecord):
                 schemas[record.name] = record.text
             elif isinstance(record, ChannelRecord):
-                topic, msgtype = record
+                topic, msgtype = record.topic, record.msgtype
                 if topic in connections or msgtype not in schemas:
                     continue
                 connections[topic] = writer.add_connection(
