@@ -13,12 +13,17 @@ import numpy as np
 import pytest
 from geometry_msgs.msg import TwistStamped
 from policy_node_support import EVENTS, RELIABLE, SENSOR, messages
+from rcl_interfaces.srv import DescribeParameters, GetParameters
+from rclpy.parameter import parameter_value_to_python
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
+from qt_ros.common.settings import parameter_table
 from qt_ros.data.images import image_to_numpy
+from qt_ros.episodes.recorder_config import NOT_PARAMETERS, RecorderNodeConfig
 from qt_ros.msg import EpisodeEvent
+from qt_ros.sim.node_configs import DemonstratorNodeConfig, SimRobotNodeConfig
 from qt_ros.sim.simulator import JOINT_NAMES, STATE_NAMES, TASKS, SimState
 from qt_ros.srv import StartEpisode
 
@@ -41,6 +46,19 @@ def alive_wait(proc, predicate, timeout, what):
         assert proc.alive(), f"{what}: the node died:\n{proc.output()[-3000:]}"
         return predicate()
     return wait_for(check, timeout, what=what)
+
+
+def check_declared(probe, node: str, cls: type, overridden: dict, skip=()) -> None:
+    """``node`` declares every field of ``cls`` as a parameter, with the field's description,
+    and its value is the field's default unless ``overridden`` on the command line."""
+    table = parameter_table(cls, skip=skip)
+    names = list(table)
+    described = probe.call(DescribeParameters, f"/{node}/describe_parameters",
+                           DescribeParameters.Request(names=names))
+    assert [d.description for d in described.descriptors] == [table[n][1] for n in names]
+    got = probe.call(GetParameters, f"/{node}/get_parameters", GetParameters.Request(names=names))
+    values = dict(zip(names, (parameter_value_to_python(v) for v in got.values), strict=True))
+    assert values == {n: overridden.get(n, table[n][0]) for n in names}
 
 
 def latest_state(states) -> SimState:
@@ -146,6 +164,13 @@ def test_demonstration_is_ended_by_the_demonstrator_and_labelled_by_the_sim(
     for proc, what in ((recorder, "recorder"), (demo, "demonstrator")):
         alive_wait(proc, lambda p=proc: "started" in p.output() or "recording into" in
                    p.output() or "disabled until" in p.output(), 60, what)
+    # The three nodes' parameters: declared from their config dataclasses.
+    check_declared(probe, "sim_robot", SimRobotNodeConfig,
+                   {"control_rate": RATE, "image_width": 96, "image_height": 80, "seed": 3})
+    check_declared(probe, "demonstrator", DemonstratorNodeConfig, {"control_rate": RATE})
+    check_declared(probe, "recorder", RecorderNodeConfig,
+                   {"record_dir": str(tmp_path / "demos"), "source": "demonstration",
+                    "min_free_space_mb": 1.0}, skip=NOT_PARAMETERS)
     time.sleep(1.0)  # the latched instruction reaches the recorder
     start = probe.call(StartEpisode, "/recorder/start_episode", StartEpisode.Request(),
                        timeout=30)
