@@ -184,3 +184,20 @@ def test_pip_install_without_ros(tmp_path):
     assert "rclpy" not in run(py, "-m", "pip", "list")
     help_text = run(str(env_dir / "bin" / "qt-ros"), "--help")
     assert "usage: qt-ros" in help_text and "convert" in help_text
+
+
+def test_every_package_says_what_it_holds_and_the_readme_maps_it():
+    """The tree tells a newcomer where each concept lives: a docstring per package, a README row."""
+    readme = (REPO / "README.md").read_text()
+    packages = sorted(p.parent for p in REPO.glob("qt_ros/*/__init__.py"))
+    assert len(packages) >= 7
+    for package in packages:
+        tree = ast.parse((package / "__init__.py").read_text())
+        assert ast.get_docstring(tree), f"{package.name}/__init__.py has no docstring"
+        assert f"`qt_ros/{package.name}/`" in readme, f"README does not map qt_ros/{package.name}/"
+
+
+def test_no_module_is_too_long_to_read_in_one_sitting():
+    long = {str(p.relative_to(REPO)): n for p in REPO.glob("qt_ros/**/*.py")
+            if (n := len(p.read_text().splitlines())) > 460}
+    assert not long, f"split these by concept (docs/design.md, Layout): {long}"
