@@ -11,6 +11,11 @@ measures for ``--duration`` seconds and prints one JSON object:
 - ``image_transport_ms``: camera header stamp -> receipt in the node (DDS, same machine);
 - ``missed_deadlines``: control ticks whose command was not published before the next tick;
 - ``steps`` / ``expected_steps``, frames received and dropped, CPU use of both processes.
+
+``--with-recorder`` also runs ``recorder_node`` in its own process (as on the robot: camera,
+instruction, arm and gripper commands and policy steps into one bag), inside one episode started
+before the warm-up and ended after the measurement, and adds ``recorder``: the messages recorded
+per topic (from the bag), the messages it dropped (from the catalog) and its CPU use.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--transport", choices=("raw", "compressed"), default="raw")
+    parser.add_argument("--with-recorder", action="store_true",
+                        help="record an episode with recorder_node (own process) meanwhile")
 
 
 def _percentiles(values, scale: float = 1e3) -> dict:
@@ -82,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
-    from qt_ros.nodes.policy_node import PolicyNode, PolicyNodeStats
+    from qt_ros.nodes.policy_node import PolicyNode
 
     with tempfile.TemporaryDirectory(prefix="qt_ros_bench_") as tmp:
         checkpoint = _checkpoint(args, Path(tmp))
@@ -91,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
              "--width", str(args.width), "--height", str(args.height), "--transport",
              args.transport, "--instruction", "pick up the red block"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        recorder = RecorderProcess(Path(tmp), args.transport, env) if args.with_recorder else None
         rclpy.init(domain_id=int(env["ROS_DOMAIN_ID"]))
         node = PolicyNode(parameter_overrides=[
             Parameter("checkpoint", value=checkpoint),
@@ -109,24 +118,33 @@ def run(args: argparse.Namespace) -> int:
             # The camera process needs a few seconds to start; the warm-up begins at the
             # first control step.
             deadline = time.monotonic() + 60
-            while node.stats.steps == 0 and time.monotonic() < deadline:
+            while node.loop.stats.steps == 0 and time.monotonic() < deadline:
                 executor.spin_once(timeout_sec=0.05)
-            if node.stats.steps == 0:
+            if node.loop.stats.steps == 0:
                 print("bench policy-node: no control step within 60 s: the camera's frames or "
                       "the instruction did not arrive", file=sys.stderr)
                 return 1
+            if recorder is not None:
+                recorder.start_episode(executor)
             _spin(executor, args.warmup, "warm-up")
-            node.stats = PolicyNodeStats()
-            node_proc, camera_proc = psutil.Process(), psutil.Process(camera.pid)
-            node_proc.cpu_percent(), camera_proc.cpu_percent()
+            node.loop.reset_stats()
+            processes = {"node": psutil.Process(), "camera": psutil.Process(camera.pid)}
+            if recorder is not None:
+                processes["recorder"] = psutil.Process(recorder.popen.pid)
+            for proc in processes.values():
+                proc.cpu_percent()
             start = time.monotonic()
             _spin(executor, args.duration, "measuring")
             elapsed = time.monotonic() - start
-            cpu = {"node_percent": round(node_proc.cpu_percent(), 1),
-                   "camera_percent": round(camera_proc.cpu_percent(), 1)}
-            stats = node.stats
-            node.stats = PolicyNodeStats()  # the final hold below is not part of the run
-            policy = node._policy
+            cpu = {f"{name}_percent": round(proc.cpu_percent(), 1)
+                   for name, proc in processes.items()}
+            stats = node.loop.reset_stats()  # the final hold below is not part of the run
+            policy = node.loop.policy
+            if recorder is not None:
+                recorder.end_episode(executor)
+        except RecorderFailed as e:
+            print(f"bench policy-node: {e}", file=sys.stderr)
+            return 1
         finally:
             camera.terminate()
             try:
@@ -135,9 +153,12 @@ def run(args: argparse.Namespace) -> int:
                 camera.kill()
                 camera_out = ""
             node.stop_safely("benchmark done")
+            if recorder is not None:
+                recorder.stop(executor)
             executor.shutdown()
             node.destroy_node()
             rclpy.try_shutdown()
+        recorded = recorder.report(cpu["recorder_percent"]) if recorder is not None else None
     import torch
 
     result = {
@@ -169,8 +190,106 @@ def run(args: argparse.Namespace) -> int:
         "camera_report": _last_json(camera_out),
         "targets": {"latency_p50_ms": 20, "latency_p99_ms": 40, "missed_deadlines": 0},
     }
+    if recorded is not None:
+        result["recorder"] = recorded
     print(json.dumps(result))
     return 0
+
+
+class RecorderFailed(RuntimeError):
+    """The recorder did not start or did not answer; the message holds the end of its log."""
+
+
+class RecorderProcess:
+    """``recorder_node`` in its own process, recording the node's topics into ``<tmp>/episodes``
+    (its default topics and types: image, instruction, twist arm and float64 gripper commands,
+    policy steps), as ``qt-ros bench record`` runs it."""
+
+    def __init__(self, tmp: Path, transport: str, env: dict[str, str]):
+        self.record_dir = tmp / "episodes"
+        self.log_path = tmp / "recorder.log"
+        image = (["-p", "image_topic:=image/compressed",
+                  "-p", "image_type:=sensor_msgs/msg/CompressedImage"]
+                 if transport == "compressed" else [])
+        with open(self.log_path, "wb") as log:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "qt_ros.nodes.recorder_node", "--ros-args",
+                 "-p", f"record_dir:={self.record_dir}", "-p", "max_episode_duration:=0.0",
+                 "-p", "min_free_space_mb:=100.0", *image],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._client_node = None  # created by start_episode, in the benchmark's executor
+        self._started = 0.0
+        self.episode_id = ""
+        self.episode_s = 0.0
+        self.bag_path: Path | None = None
+
+    def start_episode(self, executor) -> None:
+        """Start an episode (waits up to 60 s for the recorder), spinning ``executor``."""
+        import rclpy
+
+        from qt_ros.srv import StartEpisode
+
+        self._client_node = rclpy.create_node("bench_policy_node_client")
+        executor.add_node(self._client_node)
+        response = self._call(executor, StartEpisode, "/recorder/start_episode",
+                              StartEpisode.Request(instruction="pick up the red block"))
+        self.episode_id = response.episode_id
+        self._started = time.monotonic()
+
+    def end_episode(self, executor) -> None:
+        from qt_ros.srv import EndEpisode
+
+        response = self._call(executor, EndEpisode, "/recorder/end_episode",
+                              EndEpisode.Request(episode_id=self.episode_id, outcome="unknown"))
+        self.episode_s = time.monotonic() - self._started
+        self.bag_path = Path(response.bag_path)
+
+    def _call(self, executor, srv_type, name: str, request, timeout: float = 60.0):
+        client = self._client_node.create_client(srv_type, name)
+        deadline = time.monotonic() + timeout
+        while not client.service_is_ready() and time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                break
+            executor.spin_once(timeout_sec=0.05)
+        if not client.service_is_ready():
+            raise RecorderFailed(f"{name} not available; recorder log:\n{self._log_tail()}")
+        future = client.call_async(request)
+        while not future.done() and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        response = future.result() if future.done() else None
+        if response is None or not response.success:
+            detail = "no answer" if response is None else response.message
+            raise RecorderFailed(f"{name}: {detail}; recorder log:\n{self._log_tail()}")
+        return response
+
+    def stop(self, executor) -> None:
+        """Stop the recorder: SIGINT (a clean shutdown), SIGKILL if that takes over 15 s."""
+        if self._client_node is not None:
+            executor.remove_node(self._client_node)
+            self._client_node.destroy_node()
+            self._client_node = None
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGINT)
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+
+    def report(self, cpu_percent: float) -> dict:
+        """Messages recorded per topic (the bag) and dropped (the catalog) in the episode."""
+        from qt_ros.episodes.bag_reader import BagReader
+        from qt_ros.episodes.catalog import EpisodeCatalog
+
+        with BagReader.open(self.bag_path) as bag:
+            messages = {topic: info.count for topic, info in sorted(bag.topics.items())}
+        record = EpisodeCatalog(self.record_dir).get(self.episode_id) or {}
+        return {"episode_s": round(self.episode_s, 2), "messages": messages,
+                "messages_hz": {t: round(n / self.episode_s, 1) for t, n in messages.items()},
+                "dropped": record.get("dropped_messages"), "cpu_percent": cpu_percent}
+
+    def _log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
 
 
 def _spin(executor, seconds: float, desc: str) -> None:

@@ -33,10 +33,12 @@ from geometry_msgs.msg import TwistStamped
 from std_msgs.msg import Float64, Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-ARM_ADAPTERS = ("twist", "joint_trajectory", "float64_array")
-ARM_ACTIONS = ("delta", "absolute")
-FLOAT64_ARRAY_INTERFACES = ("position", "velocity")
-GRIPPER_ADAPTERS = ("float64", "float64_array", "joint_trajectory", "none")
+from qt_ros.control.policy_config import (  # the node's parameter choices, declared once
+    ARM_ACTIONS,
+    ARM_ADAPTERS,
+    FLOAT64_ARRAY_INTERFACES,
+    GRIPPER_ADAPTERS,
+)
 
 
 class AdapterConfigError(ValueError):

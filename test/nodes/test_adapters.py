@@ -147,9 +147,9 @@ def test_joint_adapters_in_the_policy_node(spawn, ros_env, tmp_path, arm_adapter
     from sensor_msgs.msg import JointState
     from std_srvs.srv import SetBool
 
+    from qt_ros.control.policy_config import DEFAULT_LOWER, DEFAULT_MAX_CHANGE, DEFAULT_UPPER
     from qt_ros.control.safety import SafetyFilter, SafetyLimits
     from qt_ros.msg import PolicyStep
-    from qt_ros.nodes.policy_node import DEFAULT_LOWER, DEFAULT_MAX_CHANGE, DEFAULT_UPPER
 
     from conftest import wait_for
 

@@ -27,9 +27,9 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64
 from std_srvs.srv import SetBool
 
+from qt_ros.control.policy_config import DEFAULT_LOWER, DEFAULT_MAX_CHANGE, DEFAULT_UPPER
 from qt_ros.control.safety import SafetyFilter, SafetyLimits
 from qt_ros.msg import EpisodeEvent, PolicyStep
-from qt_ros.nodes.policy_node import DEFAULT_LOWER, DEFAULT_MAX_CHANGE, DEFAULT_UPPER
 from qt_ros.srv import StartEpisode
 
 from conftest import python_args, wait_for
@@ -352,3 +352,26 @@ def test_benchmark_prints_one_json_object(spawn, env):
     assert result["benchmark"] == "policy-node" and result["steps"] >= 15
     assert result["latency_ms"]["p50"] > 0 and result["missed_deadlines"] >= 0
     assert result["frames_received"] > 0 and result["camera_report"]["published"] > 0
+
+
+def test_benchmark_with_the_recorder_reports_what_it_recorded(spawn, env):
+    import json
+
+    bench = spawn(python_args("-m", "qt_ros.cli", "bench", "policy-node", "--preset", "tiny",
+                              "--duration", "2", "--warmup", "2", "--width", "160", "--height",
+                              "120", "--with-recorder"), env=env, name="bench")
+    wait_for(lambda: not bench.alive(), 180, what="the benchmark to finish")
+    assert bench.popen.returncode == 0, bench.output()
+    lines = [line for line in bench.output().splitlines() if line.startswith("{")]
+    result = json.loads(lines[-1])
+    assert result["steps"] >= 15 and result["latency_ms"]["p99"] > 0
+    recorder = result["recorder"]
+    messages = recorder["messages"]
+    # One episode over the warm-up and the measurement (~4 s): camera frames at ~30 Hz, the
+    # latched instruction once, and one arm command, gripper command and step per control step.
+    assert messages["/image"] >= 30 and messages["/instruction"] == 1
+    assert messages["/policy_step"] >= result["steps"]
+    assert messages["/arm_command"] >= result["steps"]
+    assert messages["/gripper_command"] >= result["steps"]
+    assert recorder["dropped"] == 0 and recorder["episode_s"] >= 4
+    assert recorder["cpu_percent"] > 0 and result["cpu"]["recorder_percent"] > 0
