@@ -29,7 +29,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
-from qt_ros.common.settings import parameter_table
+from qt_ros.common.settings import from_parameters, parameter_table
 from qt_ros.control.control_loop import ControlLoop
 from qt_ros.control.policy_config import ConfigError, PolicyConfig, load_policy
 from qt_ros.data.images import ImageConversionError, to_rgb8
@@ -79,7 +79,8 @@ class PolicyNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            config = PolicyConfig(**{n: self.get_parameter(n).value for n in PARAMETERS})
+            config = from_parameters(PolicyConfig, {n: self.get_parameter(n).value
+                                                    for n in PARAMETERS})
             start = time.monotonic()
             policy, layout = load_policy(config)
             self._output = RosOutput(self, config, layout)
