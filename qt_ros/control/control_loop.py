@@ -71,9 +71,11 @@ class ControlOutput(Protocol):
     def end_episode(self, episode_id: str) -> None:
         """Ask the recorder to end the episode (outcome unknown)."""
 
-    def info(self, text: str) -> None: ...
+    def info(self, text: str) -> None:
+        """A log line about a normal change (instruction, enabled, commanding again)."""
 
-    def warning(self, text: str) -> None: ...
+    def warning(self, text: str) -> None:
+        """A log line about a stop, a fault or dropped input."""
 
 
 @dataclass
@@ -248,9 +250,11 @@ class ControlLoop:
         self._fresh.mark("pose", self._clock())
 
     def episode_started(self, episode_id: str) -> None:
+        """The recorder started an episode: the following steps belong to it."""
         self._episode_id = episode_id
 
     def episode_ended(self, episode_id: str) -> None:
+        """The recorder ended an episode (only the current one clears the id)."""
         if episode_id == self._episode_id:
             self._episode_id = ""
 
