@@ -33,7 +33,7 @@ demo: env
 
 bench: env
 	$(ENV) qt-ros bench act && qt-ros bench train && qt-ros bench record && qt-ros bench convert \
-	  && qt-ros bench policy-node
+	  && qt-ros bench policy-node && qt-ros bench policy-node --with-recorder
 
 clean:
 	rm -rf build install log .pytest_cache .ruff_cache

@@ -13,6 +13,7 @@ The policy node converts messages to arrays and asks this module what it may sen
   log line per change of reason, instead of one per control tick.
 """
 
+# The safety rules as a whole: docs/design.md, section 5.
 from __future__ import annotations
 
 import math

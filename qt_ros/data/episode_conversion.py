@@ -289,6 +289,7 @@ class _Converter:
         self.model_id = self.model_id or str(msg.model_id)
         self._add_step(t, action, bins)
 
+    # A separately published gripper ends up one step late (open): docs/design.md 4.4, 7.2.
     def _command_step(self, t: int) -> None:
         if not all(s.topic in self.held for s in self.m.actions):
             self.dropped["no_command"] += 1

@@ -32,6 +32,7 @@ class CatalogError(Exception):
     """The catalog cannot be read or written; the text says which file and what to do."""
 
 
+# Outcomes and rewards: docs/design.md 4.3.
 def reward_for(outcome: str, reward: float | None = None) -> float:
     """The episode's final reward: ``reward`` if given (>= 0), else 1 for success, else 0."""
     if reward is not None and reward >= 0:

@@ -229,7 +229,7 @@ class PolicyNode(LifecycleNode):
         if self.loop is not None:
             self.loop.set_enabled(request.data)
             enabled, active = self.loop.enabled, self.loop.active
-        else:  # not configured: the loop configure makes starts with this
+        else:  # not configured yet: the next configure starts the loop with this
             if request.data and not self._enabled:
                 self.get_logger().info("enabled")
             self._enabled = enabled = request.data

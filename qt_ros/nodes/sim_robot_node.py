@@ -140,6 +140,7 @@ class SimRobotNode(Node):
 
     # ---------------------------------------------------------------- simulation
 
+    # Runs on its own timer, not in lockstep with the policy (open): docs/design.md 7.2.
     def _on_tick(self) -> None:
         fresh = time.monotonic() - self._twist_time <= self.command_timeout
         delta = self._twist * self.period if fresh else np.zeros(3)

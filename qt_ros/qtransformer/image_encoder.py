@@ -107,6 +107,7 @@ class FiLMEfficientNet(nn.Module):
         return x
 
 
+# Pools features with no spatial position (measured: cannot localize): docs/design.md 7.2.
 class TokenLearner(nn.Module):
     """Reduce a feature map to k tokens, each a learned spatial attention-weighted average."""
 

@@ -38,6 +38,7 @@ def masked_max(q: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return q.masked_fill(~valid, float("-inf")).amax(dim=-1)
 
 
+# Equations, switches and the paper's notation: docs/design.md, section 3.3.
 def bellman_targets(q_target_current: torch.Tensor | None, q_target_next_first: torch.Tensor,
                     valid_mask: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor,
                     done: torch.Tensor, mc_return: torch.Tensor, *,
@@ -71,6 +72,7 @@ def bellman_targets(q_target_current: torch.Tensor | None, q_target_next_first: 
     return targets
 
 
+# A mean over untaken bins (weight alpha/(K-1) per bin), not a sum: docs/design.md 3.4, 7.2.
 def q_transformer_loss(q: torch.Tensor, action_bins: torch.Tensor, targets: torch.Tensor,
                        valid_mask: torch.Tensor, conservative_weight: float = 1.0,
                        q_min: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

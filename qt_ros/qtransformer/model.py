@@ -260,6 +260,7 @@ class QTransformer(nn.Module):
         logits = torch.einsum("bmd,mdk->bmk", self.norm(h), w) + self.head_bias[first:first + m]
         return self._bounded(logits)
 
+    # Sigmoid-bounded Q (a deviation; rewards > 1 are unlearnable): docs/design.md 3.8, 7.2.
     def _bounded(self, logits: torch.Tensor) -> torch.Tensor:
         q = torch.sigmoid(logits)
         if (self.cfg.q_min, self.cfg.q_max) != (0.0, 1.0):

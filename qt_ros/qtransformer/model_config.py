@@ -123,6 +123,7 @@ class ModelConfig:
 # for a robot's CPU: most of its layers are per-frame (cached while acting), the temporal trunk
 # is short and the head, run once per action dimension, is narrow. `base` follows the paper's
 # scale (RT-1-like: 8 transformer layers of width 512 over 8 tokens per frame, larger images).
+# Sizes against the paper's: docs/design.md 3.2 and 3.8.
 PRESETS: dict[str, dict] = {
     "tiny": dict(image_size=(32, 32), history=2, stem_channels=16, stem_stride=4,
                  stage_channels=(16, 32), stage_blocks=(1, 1), stage_strides=(1, 2),
