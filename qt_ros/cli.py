@@ -26,7 +26,12 @@ VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     },
     "repair": ("qt_ros.commands.repair", "reindex a bag a crash left incomplete, keeping its data"),
     "train": ("qt_ros.commands.train", "train a Q-Transformer offline on a dataset"),
+    "sim": {
+        "collect": ("qt_ros.commands.sim_collect",
+                    "record demonstrations and noisy replays on the simulated robot, fast"),
+    },
     "bench": {
+        "collect": ("qt_ros.commands.bench_collect", "sim collect speed: steps/s (JSON)"),
         "act": ("qt_ros.commands.bench_act", "time greedy action selection (JSON)"),
         "train": ("qt_ros.commands.bench_train", "time learner updates (JSON)"),
         "record": ("qt_ros.commands.bench_record",
