@@ -1,12 +1,14 @@
 """One bag -> one episode of training steps: alignment, images, tokens, reward, MC return.
 
 Control steps come from the command stream (every ``PolicyStep``, or every message of the mapping's
-``step`` topic) or from a fixed ``rate``. Each step takes the latest image received at or before
-it (bag log time); a step whose image is older than ``max_image_age``, or that has no image or no
-state yet, is dropped and counted by reason. Images are converted to RGB and resized once, to the
+``step`` topic) or from a fixed ``rate``. Each step takes the latest image and state received at
+or before it (bag log time); a step whose image is older than ``max_image_age``, or that has no
+image or no state yet, is dropped and counted by reason. A command step is one decision: its
+action is each action topic's last value when the decision closes (the next camera frame, the
+next step, or ``step_window`` after the step), so commands answering one frame on separate
+topics form one step in any order. Images are converted to RGB and resized once, to the
 training resolution (``cv2.INTER_AREA``, no crop). Actions are tokenized with the dataset's
-:class:`~qt_ros.qtransformer.tokenizer.ActionTokenizer`,
-or their bins are taken from ``PolicyStep``.
+:class:`~qt_ros.qtransformer.tokenizer.ActionTokenizer`, or their bins taken from ``PolicyStep``.
 
 Rewards are sparse (Q-Transformer): the episode's reward (1 for success, else 0, unless the label
 gave another value) at the last step, 0 before; ``done`` is 1 at the last step; the Monte Carlo
@@ -132,6 +134,15 @@ def _topic_list(bag: BagReader) -> str:
     return ", ".join(f"{t} ({i.msgtype}, {i.count})" for t, i in bag.topics.items()) or "none"
 
 
+@dataclass
+class _Decision:
+    """A command step taking commands until it closes: its log time, image and state."""
+
+    t: int
+    image: tuple[int, str, bytes] | None
+    state: np.ndarray | None
+
+
 class _Converter:
     def __init__(self, bag: BagReader, meta: dict[str, Any], mapping: TopicMapping,
                  options: ConvertOptions, key: str) -> None:
@@ -154,6 +165,7 @@ class _Converter:
         self.state: np.ndarray | None = None
         self.state_fields: list[str] | None = None
         self.held: dict[str, np.ndarray] = {}
+        self.pending: _Decision | None = None  # the command step still taking commands
         self.instruction = ""
         self.policy_instruction = ""
         self.model_id = ""
@@ -213,14 +225,18 @@ class _Converter:
     def _stream(self, wanted: set[str]) -> None:
         m = self.m
         period = int(1e9 / m.rate) if (m.actions and not m.step and m.rate > 0) else 0
+        window = int(m.step_window * 1e9) if m.step_window is not None else None
         next_tick: int | None = None
         last_t = 0
         for topic, msgtype, t, data in self.bag.messages(wanted):
             last_t = t
             if period and next_tick is not None:
                 while next_tick <= t:
-                    self._command_step(next_tick)
+                    self._open_decision(next_tick)
                     next_tick += period
+            if self.pending is not None and (
+                    t > self.pending.t + window if window is not None else topic == m.image):
+                self._close_decision()
             if topic == m.image:
                 self.images.append((t, msgtype, data))
                 self._prune(t)
@@ -238,11 +254,12 @@ class _Converter:
                         self.held[topic] = self._scaled(src, read_fields(
                             msg, src.fields or [], f"{self.where}: topic {topic}"))
                 if topic == m.step:
-                    self._command_step(t)
+                    self._open_decision(t)
             if period and next_tick is None and self._ready():
                 next_tick = t
         if period and next_tick is not None and next_tick <= last_t:
-            self._command_step(next_tick)
+            self._open_decision(next_tick)
+        self._close_decision()
 
     def _prune(self, now: int) -> None:
         horizon = now - int(self.m.max_image_age * 1e9) - 1
@@ -287,10 +304,21 @@ class _Converter:
             action = self.tokenizer.decode(bins)
         self.policy_instruction = self.policy_instruction or str(msg.instruction)
         self.model_id = self.model_id or str(msg.model_id)
-        self._add_step(t, action, bins)
+        self._add_step(t, action, bins, self._image_at(t), self.state)
 
-    # A separately published gripper ends up one step late (open): docs/design.md 4.4, 7.2.
-    def _command_step(self, t: int) -> None:
+    def _image_at(self, t: int) -> tuple[int, str, bytes] | None:
+        return next((entry for entry in reversed(self.images) if entry[0] <= t), None)
+
+    # A step is one decision: the commands answering one frame, in any order (design.md 4.4).
+    def _open_decision(self, t: int) -> None:
+        """A command step at ``t``: its image and state now, its action when it closes."""
+        self._close_decision()
+        self.pending = _Decision(t, self._image_at(t), self.state)
+
+    def _close_decision(self) -> None:
+        d, self.pending = self.pending, None
+        if d is None:
+            return
         if not all(s.topic in self.held for s in self.m.actions):
             self.dropped["no_command"] += 1
             return
@@ -302,14 +330,10 @@ class _Converter:
         for name, value in self.m.constants.items():
             if name in tok.names:
                 action[tok.names.index(name)] = value
-        self._add_step(t, action, None)
+        self._add_step(d.t, action, None, d.image, d.state)
 
-    def _add_step(self, t: int, action: np.ndarray, bins: np.ndarray | None) -> None:
-        image = None
-        for entry in reversed(self.images):
-            if entry[0] <= t:
-                image = entry
-                break
+    def _add_step(self, t: int, action: np.ndarray, bins: np.ndarray | None,
+                  image: tuple[int, str, bytes] | None, state: np.ndarray | None) -> None:
         if image is None:
             self.dropped["no_image"] += 1
             return
@@ -317,7 +341,7 @@ class _Converter:
         if age > self.m.max_image_age:
             self.dropped["stale_image"] += 1
             return
-        if self.m.state is not None and self.state is None:
+        if self.m.state is not None and state is None:
             self.dropped["no_state"] += 1
             return
         frame = self._frame(image)
@@ -325,7 +349,7 @@ class _Converter:
             self.dropped["bad_image"] += 1
             return
         self.frames.append(frame)
-        self.states.append(self.state if self.state is not None else np.zeros(0))
+        self.states.append(state if state is not None else np.zeros(0))
         self.actions.append(action)
         self.bins.append(bins)
         self.times.append(t)

@@ -21,6 +21,7 @@ demonstrations) are described by a YAML file given with ``qt-ros convert --mappi
         initial: 0.0                      # value before its first message
     step: /servo/delta_twist_cmds         # one control step per message of this topic,
     # rate: 10.0                          # or a fixed rate in Hz
+    # step_window: 0.02                   # see below
     max_image_age: 0.2                    # seconds; older images drop the step
     outcome: success                      # demonstrations are successes...
     labels: {rosbag2_2026_01_05-10_00_00: failure}   # ...unless labelled otherwise (per bag)
@@ -28,6 +29,12 @@ demonstrations) are described by a YAML file given with ``qt-ros convert --mappi
 
 A tokenizer dimension that no action source provides must be ``terminate`` (set to 1 at the
 last step, 0 before) or be given a ``constants: {name: value}`` entry.
+
+A step is one decision: its action is each action topic's last value when the decision closes,
+which is at the next camera frame or the next step (so a twist and a gripper command answering
+one frame form one step in either order). A camera faster than the commands can put a frame
+between the messages of one decision; ``step_window`` (seconds) then closes each decision that
+long after its step instead (or at the next step), whatever frames arrive meanwhile.
 """
 
 from __future__ import annotations
@@ -96,6 +103,7 @@ class TopicMapping:
     actions: list[ActionSource] = field(default_factory=list)
     step: str = ""
     rate: float = 0.0
+    step_window: float | None = None  # None: a decision closes at the next frame
     max_image_age: float = 0.2
     outcome: str = "success"
     labels: dict[str, str] = field(default_factory=dict)
@@ -116,8 +124,8 @@ class TopicMapping:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "topic mapping") -> TopicMapping:
         known = {"image", "instruction_topic", "instruction", "state", "policy_step", "actions",
-                 "step", "rate", "max_image_age", "outcome", "labels", "instructions", "source",
-                 "constants"}
+                 "step", "rate", "step_window", "max_image_age", "outcome", "labels",
+                 "instructions", "source", "constants"}
         unknown = set(data) - known
         if unknown:
             raise MappingError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -126,7 +134,7 @@ class TopicMapping:
                     "source"):
             if key in data and data[key] is not None:
                 setattr(m, key, str(data[key]))
-        for key in ("rate", "max_image_age"):
+        for key in ("rate", "step_window", "max_image_age"):
             if key in data and data[key] is not None:
                 setattr(m, key, float(data[key]))
         if data.get("state"):
@@ -158,6 +166,9 @@ class TopicMapping:
             raise MappingError(f"{where}: max_image_age must be > 0 seconds")
         if self.rate < 0:
             raise MappingError(f"{where}: rate must be >= 0 Hz")
+        if self.step_window is not None and self.step_window <= 0:
+            raise MappingError(f"{where}: step_window must be > 0 seconds (or left out: a "
+                               f"decision then closes at the next camera frame)")
 
     def merged(self, other: TopicMapping | None) -> TopicMapping:
         """This mapping with every role that ``other`` sets replaced by ``other``'s."""
