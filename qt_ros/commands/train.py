@@ -5,6 +5,15 @@ One process on a CPU or a GPU, or many through ``torchrun`` (PyTorch DDP) with t
     qt-ros train data/ --out ckpt/ --steps 20000
     torchrun --nproc-per-node 4 -m qt_ros.cli train data/ --out ckpt/ --steps 20000
 
+The baseline and the paper's ablations are flags of the same command, on the same network and
+data::
+
+    qt-ros train data/ --out bc/ --algo bc                   # behaviour cloning, successes only
+    qt-ros train data/ --out bc-all/ --algo bc --bc-episodes all
+    qt-ros train data/ --out no-cql/ --alpha 0               # no conservative term
+    qt-ros train data/ --out no-mc/ --no-mc-lower-bound      # no Monte Carlo lower bound
+    qt-ros train data/ --out n3/ --n-step 3                  # n-step returns
+
 The work is :func:`qt_ros.qtransformer.trainer.train`; the options are generated from its
 ``TrainConfig`` and the learner's ``LearnerConfig`` (in their own group), which hold every
 default and its description. ``--init`` continues from a checkpoint (weights only).
@@ -25,7 +34,12 @@ from qt_ros.qtransformer.trainer import TrainConfig, train
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``qt-ros train``: one per ``TrainConfig`` and ``LearnerConfig`` field."""
     add_config_arguments(parser, TrainConfig, skip=("learner",), positional=("dataset",))
-    learner = parser.add_argument_group("learner (defaults: the paper's algorithm)")
+    learner = parser.add_argument_group(
+        "learner (defaults: the paper's algorithm)",
+        "Baseline and the paper's ablations, same network, data and command: --algo bc "
+        "(behaviour cloning; --bc-episodes successes|all); --alpha 0 (no conservative term); "
+        "--no-mc-lower-bound (no Monte Carlo lower bound); --n-step N (n-step returns). The "
+        "checkpoint's config.json records which ('extra' > 'algorithm').")
     add_config_arguments(learner, LearnerConfig)
 
 

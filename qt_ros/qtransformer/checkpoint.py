@@ -2,7 +2,8 @@
 
 config.json holds everything that rebuilds the policy without unpickling anything: the model
 config, the action tokenizer, the instruction encoder, image size, history, state size, the
-training step, a content-derived ``model_id`` and free-form ``extra`` (e.g. the learner config).
+training step, a content-derived ``model_id`` and free-form ``extra`` (e.g. the learner config,
+and which algorithm trained it: ``trained_by(config)`` reads that for an evaluation table).
 
     save_checkpoint(dir, model, tokenizer, encoder_config, step)   # after training
     policy = load_policy(dir)                                      # on the robot
@@ -98,6 +99,26 @@ def read_config(directory: str | Path) -> dict:
         raise CheckpointError(f"checkpoint {directory} has version {config['version']}, this "
                               f"qt_ros reads up to {VERSION}: update qt_ros")
     return config
+
+
+def trained_by(config: dict) -> dict:
+    """Which algorithm trained a checkpoint, from its config (``read_config``):
+    ``{"algo": "qt" | "bc" | "random", "label": str, "switches": {...}}``.
+
+    ``qt-ros train`` records it in ``extra.algorithm`` (``trainer.algorithm_summary``); for a
+    checkpoint written before that record it is rebuilt from the recorded training options.
+    """
+    from qt_ros.qtransformer.trainer import TrainConfig, algorithm_summary
+
+    extra = config.get("extra") or {}
+    if "algorithm" in extra:
+        return extra["algorithm"]
+    if extra.get("random_init"):
+        return {"algo": "random", "label": "random weights", "switches": {}}
+    try:
+        return algorithm_summary(TrainConfig(**extra["train"], learner=extra["learner"]))
+    except (KeyError, TypeError, ValueError):
+        return {"algo": "unknown", "label": "unknown", "switches": {}}
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu"

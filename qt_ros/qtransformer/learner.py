@@ -18,6 +18,10 @@ defaults are the paper's algorithm.
 
 The pure functions ``bellman_targets`` and ``q_transformer_loss`` hold all the arithmetic, so
 tests can check them against hand-computed numbers.
+
+``LearnerConfig(algo="bc")`` makes the same learner train behaviour cloning instead
+(:mod:`qt_ros.qtransformer.behavior_cloning`): same network, optimizer and step, a
+cross-entropy on the data's bins, no target network.
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ import copy
 import torch
 from torch import nn
 
+from qt_ros.qtransformer.behavior_cloning import behavior_cloning_loss
 from qt_ros.qtransformer.learner_config import LearnerConfig
 
 BATCH_KEYS = ("frames", "instruction_embedding", "state", "action_bins", "reward", "next_frames",
               "next_state", "done", "discount", "mc_return")
+# Behaviour cloning reads only the observation and the data's bins.
+BC_BATCH_KEYS = ("frames", "instruction_embedding", "state", "action_bins")
 
 
 def masked_max(q: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -105,11 +112,14 @@ class Learner:
     contract (``BATCH_KEYS``). ``distributed``: the online forward/backward runs through
     ``DistributedDataParallel`` (the process group must be initialised, e.g. by torchrun), so
     gradients are averaged over ranks; the weights start equal to rank 0's.
+    ``dimension_names`` name the per-dimension metrics (BC's ``accuracy_<name>``).
     """
 
     def __init__(self, model: nn.Module, config: LearnerConfig | None = None,
-                 distributed: bool = False):
+                 distributed: bool = False, dimension_names: list[str] | None = None):
         self.config = config or LearnerConfig()
+        self.dimension_names = list(dimension_names or
+                                    (f"dim{i}" for i in range(model.valid_mask.shape[0])))
         self.model = model
         self.device = next(model.parameters()).device
         self.online = model
@@ -120,7 +130,7 @@ class Learner:
             self.online = DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.target = None
-        if self.config.target_network:
+        if self.config.algo == "qt" and self.config.target_network:
             self.target = copy.deepcopy(model).eval()
             self.target.requires_grad_(False)
         decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -165,6 +175,8 @@ class Learner:
     def compute_loss(self, batch: dict[str, torch.Tensor]
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss with gradient, detached metrics) for one batch; no parameter changes."""
+        if self.config.algo == "bc":
+            return self._bc_loss(batch)
         batch = self._to_device(batch)
         targets = self.targets(batch)
         q = self.online(batch["frames"], batch["instruction_embedding"], batch["state"],
@@ -177,6 +189,21 @@ class Learner:
                    "conservative_loss": cons_loss.detach(), "q_taken": q_taken.mean(),
                    "target": targets.mean(),
                    "mc_bound_active": (batch["mc_return"][:, None] >= targets).float().mean()}
+        return loss, metrics
+
+    def _bc_loss(self, batch: dict[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``compute_loss`` of ``algo="bc"``: cross-entropy of the data's bins over the
+        teacher-forced logits, and the per-dimension accuracy on the batch."""
+        batch = self._to_device(batch, BC_BATCH_KEYS)
+        logits = self.online(batch["frames"], batch["instruction_embedding"], batch["state"],
+                             batch["action_bins"], bounded=False)
+        loss, cross_entropy, anchor, accuracy = behavior_cloning_loss(
+            logits, batch["action_bins"], self.model.valid_mask)
+        metrics = {"loss": loss.detach(), "cross_entropy": cross_entropy.detach(),
+                   "logit_anchor": anchor.detach(), "accuracy": accuracy.mean()}
+        metrics.update({f"accuracy_{name}": a for name, a in zip(self.dimension_names, accuracy,
+                                                                  strict=True)})
         return loss, metrics
 
     # ---- one step
@@ -207,12 +234,13 @@ class Learner:
         else:
             torch._foreach_lerp_(target_params, online_params, self.config.tau)
 
-    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        missing = [k for k in BATCH_KEYS if k not in batch]
+    def _to_device(self, batch: dict[str, torch.Tensor],
+                   keys: tuple[str, ...] = BATCH_KEYS) -> dict[str, torch.Tensor]:
+        missing = [k for k in keys if k not in batch]
         if missing:
-            raise KeyError(f"training batch lacks {missing}; expected keys {list(BATCH_KEYS)}")
+            raise KeyError(f"training batch lacks {missing}; expected keys {list(keys)}")
         out = {}
-        for k in BATCH_KEYS:
+        for k in keys:
             v = batch[k]
             if v is None:                      # e.g. no frames for a state-only model
                 out[k] = None

@@ -2,7 +2,8 @@
 
 Kept apart from :mod:`qt_ros.qtransformer.learner` so that ``qt-ros train --help``, whose learner
 options are generated from these fields, never imports torch. The defaults are the paper's
-algorithm; docs/design.md explains each switch.
+algorithm; ``algo="bc"`` swaps the Q-learning update for behaviour cloning on the same network
+(the baseline). docs/design.md explains each switch (sections 3.3-3.5, 3.9).
 """
 
 from __future__ import annotations
@@ -11,11 +12,22 @@ from dataclasses import asdict, dataclass, fields
 
 from qt_ros.common.settings import setting
 
+# Training objectives: the Q-Transformer, and behaviour cloning on the same network.
+ALGORITHMS = ("qt", "bc")
+
 
 @dataclass
 class LearnerConfig:
-    """Hyper-parameters and ablation switches of the update (defaults: the paper's algorithm)."""
+    """Hyper-parameters and ablation switches of the update (defaults: the paper's algorithm).
 
+    With ``algo="bc"`` only the optimizer's fields (lr, weight_decay, betas, grad_clip) apply.
+    """
+
+    algo: str = setting(
+        "qt", "training objective: qt = the Q-Transformer; bc = the behaviour-cloning "
+              "baseline on the same network and greedy decoder (cross-entropy on the data's "
+              "bins; of the options below only lr, weight-decay, betas and grad-clip apply; "
+              "see --bc-episodes)", choices=ALGORITHMS)
     lr: float = setting(1e-4, "AdamW learning rate")
     weight_decay: float = setting(
         0.01, "AdamW decoupled weight decay on matrices (0 turns AdamW into Adam)")
@@ -35,13 +47,16 @@ class LearnerConfig:
         True, "the last dimension bootstraps from the next state (off: its target is the "
               "n-step reward alone, Monte Carlo regression when n covers the episode)")
     mc_lower_bound: bool = setting(
-        True, "replace every target by max(target, Monte Carlo return)")
+        True, "replace every target by max(target, Monte Carlo return) (off: one of the "
+              "paper's ablations)")
     conservative_weight: float = setting(
         1.0, "alpha: weight of the regularizer pulling the Q of untaken bins toward q_min "
-             "(0 turns it off)", flag="--alpha")
+             "(the paper's ablation: --alpha 0, no conservative term)", flag="--alpha")
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"algo must be one of {ALGORITHMS}, got {self.algo!r}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:

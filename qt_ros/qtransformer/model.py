@@ -252,13 +252,13 @@ class QTransformer(nn.Module):
             x = torch.cat([self.start_embedding.expand(x.shape[0], 1, -1), x[:, 1:]], dim=1)
         return x + self.dim_embedding[first:first + m]
 
-    def q_head(self, h: torch.Tensor, first: int = 0) -> torch.Tensor:
+    def q_head(self, h: torch.Tensor, first: int = 0, bounded: bool = True) -> torch.Tensor:
         """Head outputs of action tokens [B, m, D] -> Q values [B, m, max_bins] in
-        [q_min, q_max]."""
+        [q_min, q_max] (``bounded=False``: the logits before the sigmoid, for BC)."""
         m = h.shape[1]
         w = self.head_weight[first:first + m]
         logits = torch.einsum("bmd,mdk->bmk", self.norm(h), w) + self.head_bias[first:first + m]
-        return self._bounded(logits)
+        return self._bounded(logits) if bounded else logits
 
     # Sigmoid-bounded Q (a deviation; rewards > 1 are unlearnable): docs/design.md 3.8, 7.2.
     def _bounded(self, logits: torch.Tensor) -> torch.Tensor:
@@ -268,7 +268,7 @@ class QTransformer(nn.Module):
         return q
 
     def q_from_context(self, context: torch.Tensor, action_bins: torch.Tensor,
-                       num_dims: int | None = None) -> torch.Tensor:
+                       num_dims: int | None = None, bounded: bool = True) -> torch.Tensor:
         """Teacher-forced Q values of the first ``num_dims`` dimensions: [B, m, max_bins].
 
         Row i is Q(s, a^{1:i-1} = action_bins[:, :i-1], a^i = b) for every bin b.
@@ -283,15 +283,16 @@ class QTransformer(nn.Module):
         mask[:, lc:] = torch.ones(m, m, dtype=torch.bool, device=x.device).tril_()
         for block in self.head_blocks:
             x = block(torch.cat([context, x], dim=1), mask, query_from=lc)
-        return self.q_head(x)
+        return self.q_head(x, bounded=bounded)
 
     def forward(self, frames: torch.Tensor | None, instruction_embedding: torch.Tensor,
                 state: torch.Tensor | None, action_bins: torch.Tensor,
-                num_dims: int | None = None) -> torch.Tensor:
+                num_dims: int | None = None, bounded: bool = True) -> torch.Tensor:
         """Q values [B, m, max_bins] of observations (frames uint8 [B, w, 3, H, W]) given the
-        data's bins [B, d]. The learner trains exactly this function and ``decode`` acts on it."""
+        data's bins [B, d]. The learner trains exactly this function and ``decode`` acts on it.
+        ``bounded=False`` gives the logits before the sigmoid (behaviour cloning's outputs)."""
         return self.q_from_context(self.observe(frames, instruction_embedding, state),
-                                   action_bins, num_dims)
+                                   action_bins, num_dims, bounded)
 
     # ---- acting
 

@@ -6,7 +6,10 @@ sampler (sources and outcomes in the shares asked for), so DDP needs no sharded 
 gradients are averaged by DDP. Rank 0 writes the checkpoint (``model.safetensors`` +
 ``config.json``, loadable by the policy node), ``metrics.jsonl`` (one line per logged step) and
 ``training.png`` (loss curves) into ``cfg.out``. ``cfg.init`` continues from a checkpoint
-(weights only; the optimizer state starts fresh).
+(weights only; the optimizer state starts fresh). ``cfg.learner.algo`` chooses the objective:
+the Q-Transformer or the behaviour-cloning baseline on the same network (``bc_episodes`` then
+chooses its data); the checkpoint records which, with every switch that differs from the
+paper's algorithm (``algorithm_summary``), so an evaluation table can label it.
 
 ``qt-ros train`` (:mod:`qt_ros.commands.train`) is this module's command line: its options are
 generated from ``TrainConfig`` and ``LearnerConfig``, so a default exists only here. PyTorch is
@@ -23,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qt_ros.common.settings import setting
+from qt_ros.common.settings import defaults, setting
 from qt_ros.data.returns import DEFAULT_GAMMA
 from qt_ros.qtransformer.instruction_encoder import KINDS, MINILM_DIM, EncoderConfig
 from qt_ros.qtransformer.learner_config import LearnerConfig
@@ -31,6 +34,8 @@ from qt_ros.qtransformer.model_config import PRESETS, model_config
 
 # Embedding size of a newly trained model's hash encoder (minilm's is fixed by the model).
 HASH_ENCODER_DIM = 64
+# Which episodes behaviour cloning imitates.
+BC_EPISODES = ("successes", "all")
 
 
 @dataclass
@@ -45,12 +50,17 @@ class TrainConfig:
     history: int | None = setting(None, "frames per observation (default: the preset's)")
     steps: int = setting(10000, "gradient steps")
     batch_size: int = setting(8, "transitions per step and per process")
-    n_step: int = setting(1, "n of the n-step return")
+    n_step: int = setting(1, "n of the n-step return (1: one-step TD; the paper's ablation "
+                             "compares n > 1)")
     gamma: float = setting(DEFAULT_GAMMA, "discount")
     encoder: str = setting(EncoderConfig.kind, "instruction encoder (minilm: the pretrained "
                                                "all-MiniLM-L6-v2, offline)", choices=KINDS)
     demo_weight: float = setting(1.0, "sampling share of demonstration steps")
     autonomous_weight: float = setting(1.0, "sampling share of autonomous steps")
+    bc_episodes: str = setting(
+        "successes", "with --algo bc: train on the steps of successful episodes only "
+                     "(filtered BC) or of all episodes (ignored by --algo qt, which learns from "
+                     "failures too)", choices=BC_EPISODES)
     device: str = setting("auto", "auto (cuda when available) | cpu | cuda | cuda:N")
     workers: int = setting(2, "DataLoader worker processes")
     save_every: int = setting(1000, "steps between checkpoints")
@@ -64,6 +74,41 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.learner, dict):
             self.learner = LearnerConfig.from_config(self.learner)
+        if self.bc_episodes not in BC_EPISODES:
+            raise ValueError(f"bc_episodes must be one of {BC_EPISODES}, got {self.bc_episodes!r}")
+
+
+# How an ablation shows in a label; the keys are the switches that change the algorithm
+# (optimizer settings do not, nor do the data's sampling shares).
+_SWITCH_LABELS = {
+    "conservative_weight": lambda v: f"alpha {v:g}",
+    "mc_lower_bound": lambda v: "no MC bound",
+    "n_step": lambda v: f"n-step {v}",
+    "gamma": lambda v: f"gamma {v:g}",
+    "target_network": lambda v: "no target network",
+    "tau": lambda v: f"tau {v:g}",
+    "autoregressive_targets": lambda v: "no autoregressive targets",
+    "bootstrap": lambda v: "no bootstrap",
+}
+
+
+def algorithm_summary(cfg: TrainConfig) -> dict:
+    """What trains a checkpoint, for tables: ``{"algo", "label", "switches"}``.
+
+    ``switches`` holds the algorithm's settings that differ from the paper's defaults, and
+    ``label`` says it in words, e.g. "Q-T", "Q-T (alpha 0, n-step 3)", "BC (successes)".
+    """
+    if cfg.learner.algo == "bc":
+        return {"algo": "bc", "label": f"BC ({cfg.bc_episodes})",
+                "switches": {"bc_episodes": cfg.bc_episodes}}
+    paper = {**defaults(TrainConfig), **defaults(LearnerConfig)}
+    ours = {**cfg.__dict__, **cfg.learner.__dict__}
+    switches = {k: ours[k] for k in _SWITCH_LABELS if ours[k] != paper[k]}
+    if not cfg.learner.target_network:
+        switches.pop("tau", None)                       # no target network, no Polyak rate
+    words = [_SWITCH_LABELS[k](v) for k, v in switches.items()]
+    return {"algo": "qt", "label": "Q-T" + (f" ({', '.join(words)})" if words else ""),
+            "switches": switches}
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -83,9 +128,12 @@ def train(cfg: TrainConfig) -> Path:
         out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
         model, dataset, encoder_config = _model_and_dataset(cfg, device)
-        learner = Learner(model, cfg.learner, distributed=world > 1)
-        loader = _loader(cfg, dataset, device, rank)
-        extra = {"train": {k: v for k, v in cfg.__dict__.items() if k != "learner"},
+        learner = Learner(model, cfg.learner, distributed=world > 1,
+                          dimension_names=dataset.tokenizer.names)
+        loader = data_loader(cfg, dataset, device, rank)
+        algorithm = algorithm_summary(cfg)
+        extra = {"algorithm": algorithm,
+                 "train": {k: v for k, v in cfg.__dict__.items() if k != "learner"},
                  "learner": learner.config.to_config(), "dataset_steps": len(dataset),
                  "world_size": world}
 
@@ -95,9 +143,10 @@ def train(cfg: TrainConfig) -> Path:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             n_params = sum(p.numel() for p in model.parameters())
-            print(f"qt-ros train: {len(dataset)} steps in {len(dataset.episodes)} episodes, "
-                  f"model {cfg.preset} ({n_params / 1e6:.2f}M parameters) on {device} "
-                  f"x{world}, writing {out}", file=sys.stderr)
+            print(f"qt-ros train: {algorithm['label']} on {len(dataset)} steps in "
+                  f"{len(dataset.episodes)} episodes, model {cfg.preset} "
+                  f"({n_params / 1e6:.2f}M parameters) on {device} x{world}, writing {out}",
+                  file=sys.stderr)
         start = time.monotonic()
         step = _loop(cfg, learner, loader, save, out / "metrics.jsonl", rank, world, device)
         if rank == 0:
@@ -139,9 +188,10 @@ def _model_and_dataset(cfg: TrainConfig, device):
     return model, dataset, encoder_config
 
 
-def _loader(cfg: TrainConfig, dataset, device, rank: int):
-    """A DataLoader of ``cfg.steps`` batches drawn by the dataset's weighted sampler; each rank
-    draws its own (seeded by ``cfg.seed`` and the rank)."""
+def data_loader(cfg: TrainConfig, dataset, device, rank: int = 0):
+    """A DataLoader of ``cfg.steps`` batches drawn by the dataset's weighted sampler (sources in
+    the shares asked for; filtered BC: successful episodes only); each rank draws its own
+    (seeded by ``cfg.seed`` and the rank)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -149,10 +199,28 @@ def _loader(cfg: TrainConfig, dataset, device, rank: int):
     sampler = dataset.sampler(cfg.steps * cfg.batch_size,
                               source={"demonstration": cfg.demo_weight,
                                       "autonomous": cfg.autonomous_weight},
-                              generator=generator)
+                              outcome=_outcome_weights(cfg, dataset), generator=generator)
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                       num_workers=cfg.workers, pin_memory=device.type == "cuda",
                       persistent_workers=cfg.workers > 0, drop_last=True)
+
+
+def _outcome_weights(cfg: TrainConfig, dataset) -> dict[str, float] | None:
+    """Sampling weight per episode outcome: filtered BC draws successful episodes only."""
+    if cfg.learner.algo != "bc" or cfg.bc_episodes == "all":
+        return None
+    counts: dict[str, int] = {}
+    for episode in dataset.episodes:
+        outcome = episode.get("outcome", "unknown")
+        counts[outcome] = counts.get(outcome, 0) + 1
+    if not counts.get("success"):
+        found = ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
+        raise ValueError(f"dataset {cfg.dataset} has no successful episode ({found}), and "
+                         f"--algo bc --bc-episodes successes trains on successful episodes only: "
+                         f"label the successes (/recorder/label_episode, or outcome/labels in the "
+                         f"topic mapping) and convert into a new dataset, or pass --bc-episodes "
+                         f"all to imitate every episode")
+    return {outcome: float(outcome == "success") for outcome in counts}
 
 
 def _loop(cfg: TrainConfig, learner, loader, save, log_path: Path, rank: int, world: int,
@@ -180,7 +248,7 @@ def _loop(cfg: TrainConfig, learner, loader, save, log_path: Path, rank: int, wo
                 line = {"step": step, "time": round(time.monotonic() - start, 3), **metrics}
                 log.write(json.dumps(line) + "\n")
                 log.flush()
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", q=f"{metrics['q_taken']:.3f}")
+                bar.set_postfix(_progress(metrics))
             out_of_time = cfg.max_minutes > 0 and time.monotonic() - start > 60 * cfg.max_minutes
             if world > 1:  # every rank stops at the same step
                 flag = torch.tensor([float(out_of_time)], device=device)
@@ -227,8 +295,15 @@ def _check_compatible(model, dataset, cfg: TrainConfig) -> None:
         raise ValueError(f"{where} does not fit dataset {cfg.dataset}: " + "; ".join(problems))
 
 
+def _progress(metrics: dict[str, float]) -> dict[str, str]:
+    """The progress bar's figures: loss and mean Q (Q-T) or batch accuracy (BC)."""
+    second = ("acc", metrics["accuracy"]) if "accuracy" in metrics else ("q", metrics["q_taken"])
+    return {"loss": f"{metrics['loss']:.4f}", second[0]: f"{second[1]:.3f}"}
+
+
 def plot_metrics(metrics_jsonl: Path, png: Path) -> Path | None:
-    """Loss, TD and conservative terms and mean Q/target per step, from metrics.jsonl."""
+    """training.png from metrics.jsonl: the loss and its terms, and beside them the mean Q of
+    the taken bins and its target (Q-T) or the teacher-forced accuracy per dimension (BC)."""
     rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line]
     if not rows:
         return None
@@ -237,19 +312,29 @@ def plot_metrics(metrics_jsonl: Path, png: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    bc = "cross_entropy" in rows[0]
     steps = [r["step"] for r in rows]
-    fig, (ax_loss, ax_q) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key in ("loss", "td_loss", "conservative_loss"):
-        ax_loss.plot(steps, [r[key] for r in rows], label=key)
+    fig, (ax_loss, ax_right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key in ("loss", "cross_entropy") if bc else ("loss", "td_loss", "conservative_loss"):
+        values = [r[key] for r in rows]
+        if any(v > 0 for v in values):             # e.g. --alpha 0: no conservative term
+            ax_loss.plot(steps, values, label=key)
     ax_loss.set_yscale("log")
     ax_loss.set_xlabel("step")
     ax_loss.set_title("loss")
     ax_loss.legend()
-    for key in ("q_taken", "target"):
-        ax_q.plot(steps, [r[key] for r in rows], label=key)
-    ax_q.set_xlabel("step")
-    ax_q.set_title("mean Q of taken bins and target")
-    ax_q.legend()
+    if bc:
+        for key in (k for k in rows[0] if k.startswith("accuracy_")):
+            ax_right.plot(steps, [r[key] for r in rows], label=key[len("accuracy_"):], lw=1)
+        ax_right.plot(steps, [r["accuracy"] for r in rows], "k", label="mean", lw=2)
+        ax_right.set_ylim(-0.02, 1.02)
+        ax_right.set_title("accuracy on the batch (teacher-forced)")
+    else:
+        for key in ("q_taken", "target"):
+            ax_right.plot(steps, [r[key] for r in rows], label=key)
+        ax_right.set_title("mean Q of taken bins and target")
+    ax_right.set_xlabel("step")
+    ax_right.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)

@@ -66,6 +66,9 @@ def test_options_are_the_config_fields_with_their_defaults():
     assert (cfg.batch_size, cfg.n_step, cfg.gamma, cfg.max_minutes, cfg.init, cfg.history) == \
         (4, 3, 0.9, 2.0, "old/", 3)
     assert TrainConfig("d", "o", learner={"lr": 0.1}).learner == LearnerConfig(lr=0.1)
+    cfg = parse("--algo", "bc", "--bc-episodes", "all")
+    assert cfg.learner == LearnerConfig(algo="bc") and cfg.bc_episodes == "all"
+    assert parse().learner.algo == "qt" and parse().bc_episodes == "successes"
 
 
 def test_help_shows_every_option_without_loading_torch():
@@ -81,9 +84,12 @@ def test_help_shows_every_option_without_loading_torch():
                  "--gamma", "--encoder", "--demo-weight", "--autonomous-weight", "--device",
                  "--workers", "--save-every", "--log-every", "--max-minutes", "--init", "--seed",
                  "--lr", "--tau", "--alpha", "--no-target-network", "--no-autoregressive-targets",
-                 "--no-bootstrap", "--no-mc-lower-bound"):
+                 "--no-bootstrap", "--no-mc-lower-bound", "--algo", "--bc-episodes"):
         assert flag in result.stdout, flag
     assert "(default: 0.98)" in result.stdout
+    # The baseline and the paper's ablations are documented where a user looks for them.
+    assert "--algo bc (behaviour cloning" in " ".join(result.stdout.split())
+    assert "--alpha 0 (no conservative term)" in " ".join(result.stdout.split())
 
 
 def test_a_bad_learner_value_is_a_clear_error(tmp_path):
@@ -100,6 +106,7 @@ def test_train_writes_a_checkpoint_the_policy_loads(dataset, tmp_path):
     config = read_config(out)
     assert config["step"] == 20
     assert config["extra"]["learner"]["conservative_weight"] == 1.0
+    assert config["extra"]["algorithm"] == {"algo": "qt", "label": "Q-T", "switches": {}}
     assert tuple(config["image_size"]) == (32, 32)
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
