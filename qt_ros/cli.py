@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     },
     "repair": ("qt_ros.commands.repair", "reindex a bag a crash left incomplete, keeping its data"),
     "train": ("qt_ros.commands.train", "train a Q-Transformer offline on a dataset"),
+    "eval": ("qt_ros.commands.eval", "closed-loop success of a checkpoint on the simulated robot"),
     "sim": {
         "collect": ("qt_ros.commands.sim_collect",
                     "record demonstrations and noisy replays on the simulated robot, fast"),
@@ -40,6 +41,7 @@ VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
                     "bag-to-dataset conversion speed and memory (JSON)"),
         "policy-node": ("qt_ros.commands.bench_policy_node",
                         "policy node latency, missed deadlines (JSON)"),
+        "eval": ("qt_ros.commands.bench_eval", "closed-loop eval episodes per minute (JSON)"),
     },
 }
 

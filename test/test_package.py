@@ -87,7 +87,8 @@ def test_every_imported_ros_package_is_declared():
 
 
 # The core: every package but the ROS 2 shell (qt_ros.nodes) and the demo that starts its nodes.
-CORE_PACKAGES = ("qtransformer", "episodes", "data", "sim", "control", "commands")
+CORE_PACKAGES = ("qtransformer", "episodes", "data", "sim", "control", "commands",
+                 "evaluation")
 # Verbs that measure the ROS nodes: they import rclpy inside run(), never at import time.
 ROS_VERBS = {"qt_ros/commands/bench_record.py", "qt_ros/commands/bench_policy_node.py"}
 
