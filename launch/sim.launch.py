@@ -11,7 +11,10 @@ the ``policy`` node when a checkpoint is given (disabled until ``ros2 service ca
 (``/demonstrator/enable``), whose episodes are recorded as demonstrations. Episodes that end by
 the policy's or demonstrator's terminate are labelled success/failure by the simulator's success
 detector. Parameters come from ``config/policy.yaml`` and ``config/recorder.yaml``, then
-``config/sim.yaml`` (or ``sim_params``), then the launch arguments. ``python -m qt_ros.demo``
+``config/sim.yaml`` (or ``sim_params``), then the launch arguments. ``config/sim.yaml`` runs the
+simulator and the policy in lockstep (one control period per decision: an episode depends on
+the seed and the policy, not on the machine's load); a ``sim_params`` file with ``lockstep:
+false`` for both makes the simulator behave like a robot that does not wait. ``python -m qt_ros.demo``
 runs the whole loop (demonstrations, conversion, training, policy episodes) without launch.
 """
 

@@ -12,6 +12,10 @@ frame received after it (the model sees the freshest observation); when none cam
 frame that comes later still runs the pending step. A tick that finds the previous step still
 pending, or a step that ends after the next tick was due, counts as a missed deadline.
 
+Lockstep (``config.lockstep``; a simulator that waits for each decision, docs/design.md 2.6): a
+stamped frame is acted on only with the state of the same stamp (waiting for it) and once per
+stamp; ``acted_header`` (the frame acted on last) stamps the commands.
+
 Safety: nothing is sent before the first valid frame and instruction, nor while disabled. A
 missing or stale input (image, instruction, state), a non-finite model output (action or Q values)
 or a terminate action stops the commands: one hold command, one log line, then silence until the
@@ -109,6 +113,7 @@ class _Frame:
     received: float  # clock() at receipt
     header: Any
     seq: int
+    stamp: int | None = None  # header stamp (ns), for lockstep
 
 
 class ControlLoop:
@@ -119,6 +124,7 @@ class ControlLoop:
         stats: counters and timings since the start or the last :meth:`reset_stats`.
         enabled: commands may be sent (``~/enable``); terminate clears it.
         active: the loop runs (lifecycle active); frames are ignored otherwise.
+        acted_header: the header of the frame acted on last (None before the first step).
     """
 
     def __init__(self, config: PolicyConfig, layout: ActionLayout, policy: Any,
@@ -149,6 +155,13 @@ class ControlLoop:
         self._joints: np.ndarray | None = None
         self._pose: np.ndarray | None = None
         self._episode_id = ""
+        self.acted_header: Any = None
+        self._state_stamps: dict[str, int | None] = {}  # lockstep: source -> stamp (ns)
+        if config.lockstep and config.uses_joint_states:
+            self._state_stamps["joint_states"] = None
+        if config.lockstep and config.state_source == "pose":
+            self._state_stamps["pose"] = None
+        self._answered_stamp: int | None = None  # lockstep: the frame stamp acted on last
 
     # ------------------------------------------------------------------ lifecycle and enable
 
@@ -181,20 +194,18 @@ class ControlLoop:
     # ------------------------------------------------------------------ inputs
 
     def on_frame(self, rgb: np.ndarray, header: Any, received: float,
-                 transport: float | None = None) -> bool:
+                 transport: float | None = None, stamp: int | None = None) -> bool:
         """A valid frame (H x W x 3 uint8) received at ``received`` (clock time); ``transport``:
-        seconds from its stamp to its receipt, for the statistics. Runs a pending step: returns
-        True when it did (the tick's frame wait is then over)."""
+        seconds from its stamp to its receipt, for the statistics; ``stamp``: its header stamp in
+        ns (lockstep pairs it with the state of that stamp). Runs a pending step: returns True
+        when it did (the tick's frame wait is then over)."""
         if not self.active:
             return False
         self._count_frame(transport)
         self._frame_seq += 1
-        self._frame = _Frame(rgb, received, header, self._frame_seq)
+        self._frame = _Frame(rgb, received, header, self._frame_seq, stamp)
         self._fresh.mark("image", received)
-        if self._pending is None:
-            return False
-        self._step(self._frame)
-        return True
+        return self._run_pending()
 
     def on_bad_frame(self, error: str, transport: float | None = None) -> None:
         """A frame that could not be used: counted, and a throttled warning."""
@@ -219,35 +230,39 @@ class ControlLoop:
             self.policy.reset(text)
             self._output.info(f"instruction: '{text}'")
 
-    def on_joint_states(self, names: Sequence[str], positions: Sequence[float]) -> None:
+    def on_joint_states(self, names: Sequence[str], positions: Sequence[float],
+                        stamp: int | None = None) -> bool:
         """A joint_states message: the positions of ``config.joint_names`` are kept (ignored
-        when the configuration needs no joint positions)."""
+        when the configuration needs no joint positions). ``stamp``: its header stamp (ns); in
+        lockstep the state of the waiting frame's stamp runs the pending step (returns True)."""
         if not self.config.uses_joint_states:
-            return
+            return False
         index = {name: i for i, name in enumerate(names)}
         missing = [j for j in self.config.joint_names if j not in index]
         if missing or len(positions) != len(names):
             self.warn_throttled("joint_states", f"dropped joint_states: joints {missing} "
                                 f"missing or positions/names of different lengths")
-            return
+            return False
         joints = np.array([positions[index[j]] for j in self.config.joint_names])
         if not np.isfinite(joints).all():
             self.warn_throttled("joint_states", "dropped joint_states with non-finite positions")
-            return
+            return False
         self._joints = joints
         self._fresh.mark("joint_states", self._clock())
+        return self._state_arrived("joint_states", stamp)
 
-    def on_pose(self, pose: Sequence[float]) -> None:
+    def on_pose(self, pose: Sequence[float], stamp: int | None = None) -> bool:
         """An end-effector pose: x y z, then the quaternion x y z w (ignored unless
-        ``state_source`` is pose)."""
+        ``state_source`` is pose); ``stamp`` as for :meth:`on_joint_states`."""
         if self.config.state_source != "pose":
-            return
+            return False
         pose = np.asarray(pose, dtype=np.float64)
         if not np.isfinite(pose).all():
             self.warn_throttled("pose", "dropped a pose with non-finite values")
-            return
+            return False
         self._pose = pose
         self._fresh.mark("pose", self._clock())
+        return self._state_arrived("pose", stamp)
 
     def episode_started(self, episode_id: str) -> None:
         """The recorder started an episode: the following steps belong to it."""
@@ -279,9 +294,7 @@ class ControlLoop:
 
     def frame_wait(self) -> None:
         """``max_frame_wait`` after a tick: act on the newest unused frame, if any."""
-        frame = self._frame
-        if self._pending is not None and frame is not None and frame.seq != self._used_seq:
-            self._step(frame)
+        self._run_pending()
         # Otherwise the next valid frame runs the step (late, maybe still before the deadline).
 
     def warn_throttled(self, key: str, text: str, period: float = WARNING_PERIOD) -> None:
@@ -304,9 +317,29 @@ class ControlLoop:
         problems = self._fresh.problems(now)
         return problems[0] if problems else None
 
+    def _run_pending(self) -> bool:
+        """Run the pending step on the newest frame if it is unused (and, in lockstep, for a
+        stamped frame: paired with its state and not yet answered); returns whether it ran."""
+        frame = self._frame
+        if self._pending is None or frame is None or frame.seq == self._used_seq:
+            return False
+        if self.config.lockstep and frame.stamp is not None and (
+                frame.stamp == self._answered_stamp
+                or any(s != frame.stamp for s in self._state_stamps.values())):
+            return False
+        self._step(frame)
+        return True
+
+    def _state_arrived(self, source: str, stamp: int | None) -> bool:
+        if source not in self._state_stamps:
+            return False
+        self._state_stamps[source] = stamp
+        return self._run_pending()
+
     def _step(self, frame: _Frame) -> None:
         tick, self._pending = self._pending, None
         self._used_seq = frame.seq
+        self._answered_stamp, self.acted_header = frame.stamp, frame.header
         start = self._clock()
         try:
             result = self.policy.act(frame.rgb, self._state())

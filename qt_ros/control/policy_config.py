@@ -108,6 +108,11 @@ class PolicyConfig:
                                                      "step to the next")
     end_episode_on_terminate: bool = setting(True, "on a terminate action, ask the recorder "
                                              "(recorder/end_episode) to end the episode")
+    lockstep: bool = setting(False, "the simulator runs in lockstep (sim_robot lockstep): act "
+                             "once per frame stamp, with the joint_states / pose of the same "
+                             "stamp, and stamp arm commands with the frame's stamp. Off for "
+                             "robots: camera and joint_states stamps differ, and MoveIt Servo "
+                             "judges a command's age by its stamp")
 
     def __post_init__(self) -> None:
         self._normalise()

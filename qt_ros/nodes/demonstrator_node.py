@@ -4,8 +4,11 @@ A node named ``demonstrator`` around :class:`qt_ros.sim.demonstrator.ScriptedDem
 It reads the simulator's privileged state (``sim_robot/state``, std_msgs/Float64MultiArray,
 see :data:`qt_ros.sim.simulator.STATE_NAMES`) and answers every state with the commands the policy
 node would send: ``arm_command`` (geometry_msgs/TwistStamped, the delta divided by the control
-period) and ``gripper_command`` (std_msgs/Float64, 0 open .. 1 closed). The recorder records
-these like any teleoperated demonstration (``qt-ros convert --mapping``).
+period, stamped when it answers) and ``gripper_command`` (std_msgs/Float64, 0 open .. 1 closed),
+in that order. The recorder records these like any teleoperated demonstration (``qt-ros convert
+--mapping``). It answers each state once: a state sent again unchanged (a simulator in lockstep
+re-sends the tick it waits for) is not answered twice, so with a lockstep simulator an episode
+is the in-process ``qt_ros.sim.simulator.run_episode`` of the same seeds, step for step.
 
 Disabled at start: ``~/enable`` (std_srvs/SetBool) true starts an episode (the demonstrator
 draws this episode's noise and mistake from ``seed`` + the number of episodes so far), false
@@ -33,10 +36,11 @@ from qt_ros.nodes.qos import COMMAND_QOS, EPISODE_EVENTS_QOS, LATEST_STATE_QOS
 from qt_ros.nodes.runner import run_node
 from qt_ros.sim.demonstrator import ScriptedDemonstrator
 from qt_ros.sim.node_configs import DemonstratorNodeConfig
-from qt_ros.sim.simulator import SimState
+from qt_ros.sim.simulator import STATE_NAMES, SimState
 from qt_ros.srv import EndEpisode
 
 NODE_NAME = "demonstrator"
+TIME = STATE_NAMES.index("time")
 
 
 class DemonstratorNode(Node):
@@ -54,6 +58,8 @@ class DemonstratorNode(Node):
         self.end_on_terminate = self.config.end_episode_on_terminate
         self._gripper = 0.0
         self._episode_id = ""
+        self._latest: tuple[float, ...] | None = None  # the state received last
+        self._answered: tuple[float, ...] | None = None  # the state answered last
         self.enabled = False
         self.arm_pub = self.create_publisher(TwistStamped, "arm_command", COMMAND_QOS)
         self.gripper_pub = self.create_publisher(Float64, "gripper_command", COMMAND_QOS)
@@ -73,9 +79,15 @@ class DemonstratorNode(Node):
     def _start(self) -> None:
         self.script.reset(self.seed + self.episodes)
         self.episodes += 1
+        self._answered = None
         self.enabled = True
         mistake = f" (scripted mistake: {self.script.mistake})" if self.script.mistake else ""
         self.get_logger().info(f"demonstration {self.episodes} started{mistake}")
+        # A state at simulated time 0 is an episode's first tick, just reset: a lockstep
+        # simulator waits for its answer, so answer now rather than at its next re-send.
+        latest = self._latest
+        if latest is not None and len(latest) == len(STATE_NAMES) and latest[TIME] == 0.0:
+            self._answer(self._latest)
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response):
         if request.data and not self.enabled:
@@ -95,10 +107,16 @@ class DemonstratorNode(Node):
             self._episode_id = ""
 
     def _on_state(self, msg: Float64MultiArray) -> None:
-        if not self.enabled:
+        self._latest = tuple(msg.data)
+        if self.enabled:
+            self._answer(self._latest)
+
+    def _answer(self, data: tuple[float, ...]) -> None:
+        if data == self._answered:
             return
+        self._answered = data
         try:
-            state = SimState.from_vector(msg.data)
+            state = SimState.from_vector(data)
         except ValueError as exc:
             self.get_logger().error(f"bad message on sim_robot/state: {exc}")
             return

@@ -83,7 +83,8 @@ class PolicyNode(LifecycleNode):
                                                     for n in PARAMETERS})
             start = time.monotonic()
             policy, layout = load_policy(config)
-            self._output = RosOutput(self, config, layout)
+            self._output = RosOutput(self, config, layout,
+                                     frame_header=lambda: self.loop and self.loop.acted_header)
         except (ConfigError, AdapterConfigError) as e:
             return self._configure_failed(str(e))
         except Exception as e:  # noqa: BLE001 - the user must see why, not a silent FAILURE
@@ -197,7 +198,7 @@ class PolicyNode(LifecycleNode):
         except (ImageConversionError, ValueError, cv2.error) as e:
             self.loop.on_bad_frame(str(e), transport)
             return
-        if self.loop.on_frame(rgb, msg.header, received, transport):
+        if self.loop.on_frame(rgb, msg.header, received, transport, stamp=_ns(stamp)):
             self._wait_timer.cancel()  # the step ran: no frame wait in this period
 
     def _rgb(self, msg):
@@ -213,11 +214,11 @@ class PolicyNode(LifecycleNode):
         self.loop.on_instruction(msg.data)
 
     def _on_joint_states(self, msg: JointState) -> None:
-        self.loop.on_joint_states(msg.name, msg.position)
+        self.loop.on_joint_states(msg.name, msg.position, stamp=_ns(msg.header.stamp))
 
     def _on_pose(self, msg: PoseStamped) -> None:
         p, q = msg.pose.position, msg.pose.orientation
-        self.loop.on_pose([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
+        self.loop.on_pose([p.x, p.y, p.z, q.x, q.y, q.z, q.w], stamp=_ns(msg.header.stamp))
 
     def _on_episode_event(self, msg: EpisodeEvent) -> None:
         if msg.event == EpisodeEvent.STARTED:
@@ -239,6 +240,11 @@ class PolicyNode(LifecycleNode):
         if enabled and not active:
             response.message += " (the node is not active: commands start once it is)"
         return response
+
+
+def _ns(stamp) -> int:
+    """A header stamp as integer nanoseconds (exact, for lockstep's stamp matching)."""
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
 
 
 def _shutdown(node: PolicyNode) -> None:

@@ -1,9 +1,16 @@
 """The policy node's outputs as ROS messages: what :class:`qt_ros.control.control_loop.ControlLoop`
 decides (commands, holds, steps, the end of an episode, log lines) becomes arm and gripper commands
 (through :mod:`qt_ros.nodes.adapters`), ``PolicyStep`` messages, a call of the recorder's
-``end_episode`` service and log lines of the node."""
+``end_episode`` service and log lines of the node.
+
+Arm commands are stamped with the node's clock when they are sent (MoveIt Servo drops a twist
+whose stamp is older than its ``incoming_command_timeout``), except in lockstep: there they
+carry the stamp of the frame acted on last, which tells the simulator which tick they answer."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from rclpy.duration import Duration
@@ -20,8 +27,11 @@ from qt_ros.srv import EndEpisode
 class RosOutput:
     """The control loop's outputs as ROS messages: publishers, the end-episode client, the log."""
 
-    def __init__(self, node: Node, config: PolicyConfig, layout: ActionLayout):
+    def __init__(self, node: Node, config: PolicyConfig, layout: ActionLayout,
+                 frame_header: Callable[[], Any] | None = None):
+        """``frame_header()``: the header of the frame acted on last (lockstep stamps)."""
         self._node, self._log = node, node.get_logger()
+        self._frame_header = frame_header if config.lockstep else None
         period = config.period
         self.arm = ArmAdapter(ArmConfig(
             adapter=config.arm_adapter, action=config.arm_action, num_dims=layout.num_arm,
@@ -98,4 +108,5 @@ class RosOutput:
         self._node.destroy_client(self.end_client)
 
     def _stamp(self):
-        return self._node.get_clock().now().to_msg()
+        header = self._frame_header() if self._frame_header is not None else None
+        return header.stamp if header is not None else self._node.get_clock().now().to_msg()

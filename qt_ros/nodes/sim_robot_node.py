@@ -10,11 +10,22 @@ steady timer steps the physics one control period per tick, with the latest comm
 - ``gripper_command`` (std_msgs/Float64, 0 open .. 1 closed; the ``float64`` gripper adapter),
   held until the next one.
 
+**Lockstep** (parameter ``lockstep``, on in ``config/sim.yaml`` and the demo): the simulation
+advances one control period per decision instead of per timer tick. After publishing tick k it
+waits for the decision answering it (an arm command stamped at or after tick k's stamp, plus a
+gripper command: :mod:`qt_ros.sim.lockstep`), applies it for exactly one period and publishes
+tick k+1, no faster than ``control_rate``. Without a decision it does not advance: it sends tick
+k again (same stamp) every ``lockstep_resend`` seconds and when the recorder starts an episode,
+so a commander that missed it (or was disabled) can answer. A reset publishes the new scene's
+tick 0 at once. An episode is then a function of the seed and the commander only, whatever the
+machine's load (docs/design.md 2.6).
+
 Every tick publishes ``joint_states`` (sensor_msgs/JointState: ee_x ee_y ee_z finger_left
 finger_right, metres), ``task_success`` (std_msgs/Bool, the task's success detector) and
 ``~/state`` (std_msgs/Float64MultiArray: the privileged state, in the order of
 ``qt_ros.sim.simulator.STATE_NAMES``, for the scripted demonstrator). ``image`` (sensor_msgs/Image
-rgb8) is rendered at ``camera_rate``. The task's instruction goes out once on ``instruction``
+rgb8) is rendered at ``camera_rate`` (by default with every tick: image and joint states then
+carry the same header stamp). The task's instruction goes out once on ``instruction``
 (std_msgs/String, reliable + transient local) unless ``publish_instruction`` is false.
 
 ``~/reset`` (std_srvs/Trigger) starts a new episode: block, goal and gripper drawn from seed
@@ -54,6 +65,7 @@ from qt_ros.nodes.qos import (
     SENSOR_QOS,
 )
 from qt_ros.nodes.runner import run_node
+from qt_ros.sim.lockstep import Decision
 from qt_ros.sim.node_configs import SimRobotNodeConfig
 from qt_ros.sim.simulator import JOINT_NAMES, STATE_NAMES, SimRenderError, TabletopSim
 from qt_ros.srv import LabelEpisode
@@ -75,9 +87,14 @@ class SimRobotNode(Node):
         self.resets = 0
         self.command_timeout = self.config.command_timeout
         self.frame_id = self.config.frame_id
+        self.lockstep = self.config.lockstep
+        self.decision = Decision(with_gripper=self.config.lockstep_gripper)
         self._twist = np.zeros(3)
         self._twist_time = -math.inf
         self._gripper = 0.0
+        self._tick: list = []  # (publisher, message) of the latest tick, to send it again
+        self._sent = -math.inf  # monotonic time the latest tick was (re)sent
+        self._due = False  # lockstep: the timer allows the next step
         self.ticks = 0
         self.render_time = 0.0
         self._new_episode()
@@ -96,6 +113,7 @@ class SimRobotNode(Node):
         self._label_client = None
         if self.config.label_episodes:
             self._label_client = self.create_client(LabelEpisode, "recorder/label_episode")
+        if self.config.label_episodes or self.lockstep:
             self.create_subscription(EpisodeEvent, "episode_events", self._on_event,
                                      EPISODE_EVENTS_QOS)
         steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -103,10 +121,13 @@ class SimRobotNode(Node):
         self._same_tick_camera = camera_rate == rate
         if not self._same_tick_camera:
             self.create_timer(1.0 / camera_rate, self._publish_image, clock=steady)
+        if self.lockstep:
+            self._publish_tick(self.sim.state())
         self.get_logger().info(
             f"task '{self.sim.config.task}' ('{self.sim.config.instruction}'), control at "
-            f"{rate:g} Hz, camera {self.sim.config.image_width}x{self.sim.config.image_height} "
-            f"at {camera_rate:g} Hz, episode seed {self.sim.episode_seed}")
+            f"{rate:g} Hz{' in lockstep' if self.lockstep else ''}, camera "
+            f"{self.sim.config.image_width}x{self.sim.config.image_height} at {camera_rate:g} "
+            f"Hz, episode seed {self.sim.episode_seed}")
 
     # ---------------------------------------------------------------- commands
 
@@ -118,13 +139,24 @@ class SimRobotNode(Node):
             return
         self._twist = velocity
         self._twist_time = time.monotonic()
+        if self.lockstep:
+            stamp = msg.header.stamp
+            self.decision.on_arm(stamp.sec * 1_000_000_000 + stamp.nanosec, velocity)
+            self._advance_if_decided()
 
     def _on_gripper(self, msg: Float64) -> None:
-        if math.isfinite(msg.data):
-            self._gripper = float(np.clip(msg.data, 0.0, 1.0))
+        if not math.isfinite(msg.data):
+            return
+        value = float(np.clip(msg.data, 0.0, 1.0))
+        if not self.lockstep:
+            self._gripper = value
+        elif self.decision.on_gripper(value):
+            self._advance_if_decided()
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
         self._new_episode()
+        if self.lockstep:
+            self._publish_tick(self.sim.state())
         response.success = True
         response.message = (f"episode {self.resets - 1}, seed {self.sim.episode_seed}: "
                             f"'{self.sim.config.instruction}'")
@@ -140,40 +172,75 @@ class SimRobotNode(Node):
 
     # ---------------------------------------------------------------- simulation
 
-    # Runs on its own timer, not in lockstep with the policy (open): docs/design.md 7.2.
     def _on_tick(self) -> None:
-        fresh = time.monotonic() - self._twist_time <= self.command_timeout
-        delta = self._twist * self.period if fresh else np.zeros(3)
-        state = self.sim.step([*delta, 0.0, 0.0, 0.0, self._gripper])
+        if not self.lockstep:  # the latest commands, whenever they came
+            fresh = time.monotonic() - self._twist_time <= self.command_timeout
+            self._step(self._twist if fresh else np.zeros(3), self._gripper)
+            return
+        self._due = True
+        if (not self._advance_if_decided() and not self.decision.begun
+                and time.monotonic() - self._sent >= self.config.lockstep_resend):
+            self._send_tick()
+
+    def _advance_if_decided(self) -> bool:
+        """Lockstep: step with the decision once it is complete and the timer allows."""
+        if not (self._due and self.decision.complete):
+            return False
+        self._due = False
+        if self.decision.gripper is not None:
+            self._gripper = self.decision.gripper
+        self._step(self.decision.velocity, self._gripper)
+        return True
+
+    def _step(self, velocity: np.ndarray, gripper: float) -> None:
+        state = self.sim.step([*(velocity * self.period), 0.0, 0.0, 0.0, gripper])
         self.ticks += 1
+        self._publish_tick(state)
+
+    def _publish_tick(self, state) -> None:
+        """Publish a tick (image with it by default) and, in lockstep, wait for its answer."""
         stamp = self.get_clock().now().to_msg()
-        if self._same_tick_camera:
-            self._publish_image(stamp)
         joints = JointState(name=list(JOINT_NAMES),
                             position=[float(q) for q in self.sim.joint_positions()],
                             velocity=[float(v) for v in self.sim.joint_velocities()])
         joints.header.stamp = stamp
         joints.header.frame_id = "base_link"
-        self.joint_pub.publish(joints)
         vector = Float64MultiArray(data=[float(v) for v in state.to_vector()])
         vector.layout.dim = [MultiArrayDimension(label=",".join(STATE_NAMES),
                                                  size=len(STATE_NAMES), stride=len(STATE_NAMES))]
-        self.state_pub.publish(vector)
-        self.success_pub.publish(Bool(data=state.success))
+        self._tick = [(self.joint_pub, joints), (self.state_pub, vector),
+                      (self.success_pub, Bool(data=state.success))]
+        if self._same_tick_camera:
+            self._tick.insert(0, (self.image_pub, self._image(stamp)))
+        if self.lockstep:
+            self.decision.open(stamp.sec * 1_000_000_000 + stamp.nanosec)
+        self._send_tick()
 
-    def _publish_image(self, stamp=None) -> None:
+    def _send_tick(self) -> None:
+        for publisher, msg in self._tick:
+            publisher.publish(msg)
+        self._sent = time.monotonic()
+
+    def _image(self, stamp) -> Image:
         start = time.perf_counter()
         frame = self.sim.render()
         self.render_time += time.perf_counter() - start
         msg = numpy_to_image(frame, "rgb8", Image)
-        msg.header.stamp = stamp or self.get_clock().now().to_msg()
+        msg.header.stamp = stamp
         msg.header.frame_id = self.frame_id
-        self.image_pub.publish(msg)
+        return msg
+
+    def _publish_image(self) -> None:  # the camera's own timer (camera_rate != control_rate)
+        self.image_pub.publish(self._image(self.get_clock().now().to_msg()))
 
     # ---------------------------------------------------------------- labels
 
     def _on_event(self, msg: EpisodeEvent) -> None:
-        if msg.event != EpisodeEvent.ENDED or msg.outcome != EpisodeEvent.OUTCOME_UNKNOWN:
+        if msg.event == EpisodeEvent.STARTED and self.lockstep and self._tick:
+            self._send_tick()  # the recording starts with the tick being waited for
+            return
+        if (self._label_client is None or msg.event != EpisodeEvent.ENDED
+                or msg.outcome != EpisodeEvent.OUTCOME_UNKNOWN):
             return
         outcome = "success" if self.sim.success() else "failure"
         if not self._label_client.service_is_ready():
@@ -196,8 +263,11 @@ class SimRobotNode(Node):
 
     def close(self) -> None:
         if self.ticks:
+            late = (f"; {self.decision.late} late commands not applied (lockstep)"
+                    if self.decision.late else "")
             self.get_logger().info(f"{self.ticks} ticks; render "
-                                   f"{1e3 * self.render_time / self.ticks:.1f} ms per tick")
+                                   f"{1e3 * self.render_time / self.ticks:.1f} ms per tick"
+                                   + late)
         self.sim.close()
 
 

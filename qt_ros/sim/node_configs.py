@@ -40,6 +40,18 @@ class SimRobotNodeConfig:
         True, "label episodes the recorder ends with outcome 'unknown' by the success detector "
               "(recorder/label_episode)")
     frame_id: str = setting("camera", "frame_id of the images")
+    lockstep: bool = setting(
+        False, "advance one control period per decision: after publishing a tick, wait for the "
+               "arm_command answering it (header stamp >= the tick's) and the gripper_command, "
+               "apply them for exactly one period, then publish the next tick (at most at "
+               "control_rate). For evaluation; a robot does not wait (false: a steady timer, "
+               "latest commands)")
+    lockstep_gripper: bool = setting(
+        True, "lockstep: a decision is an arm_command and a gripper_command (false: the "
+              "arm_command alone, the gripper keeps its last command)")
+    lockstep_resend: float = setting(
+        0.5, "lockstep: while no decision answers the latest tick, send that tick again (same "
+             "stamp) every this many seconds; the simulation never advances without a decision")
 
     def __post_init__(self) -> None:
         rate, camera_rate = self.control_rate, self.camera_rate or self.control_rate
@@ -47,6 +59,11 @@ class SimRobotNodeConfig:
                 and camera_rate > 0):
             raise ValueError(f"control_rate and camera_rate must be > 0 Hz, got {rate} and "
                              f"{camera_rate}")
+        if self.lockstep and camera_rate != rate:
+            raise ValueError(f"lockstep publishes one image per tick: set camera_rate to 0 (or "
+                             f"to control_rate {rate:g}), got {self.camera_rate}")
+        if not (math.isfinite(self.lockstep_resend) and self.lockstep_resend > 0):
+            raise ValueError(f"lockstep_resend must be > 0 s, got {self.lockstep_resend}")
 
     def sim_config(self) -> SimConfig:
         """The simulator's config: this task, camera and control period."""
