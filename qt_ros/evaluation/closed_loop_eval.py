@@ -2,18 +2,24 @@
 
 Per worker (process): one :class:`~qt_ros.sim.simulator.TabletopSim`, the policy loaded by the
 node's own :func:`qt_ros.control.policy_config.load_policy` (or the
-:class:`~qt_ros.evaluation.demonstrator_policy.DemonstratorPolicy`), one
-:class:`~qt_ros.control.control_loop.ControlLoop` with the node's configuration, and a clock that
-advances one control period per step. A control step is what the lockstep ROS set-up does:
+:class:`~qt_ros.evaluation.demonstrator_policy.DemonstratorPolicy`), a
+:class:`~qt_ros.control.control_loop.ControlLoop` with the node's configuration per episode, and
+a clock that advances one control period per step. A control step is what the lockstep ROS
+set-up does:
 
-    sim frame + joint_states (the same tick) -> loop.on_joint_states, on_frame, tick, frame_wait
-      -> Policy.act -> terminate? / safety filter -> command -> SimOutput -> TabletopSim.step
+    sim frame + joint_states (the same tick, one stamp) -> loop.on_joint_states, on_frame,
+      tick, frame_wait -> Policy.act -> terminate? / safety filter -> command -> SimOutput
+      -> TabletopSim.step
 
-An episode is ``set_enabled(True)`` (fresh frame history and rate limiter, as the episode driver
-enables the node), steps until the policy terminates (the loop asks to end the episode; the
-terminating step is not executed) or ``max_steps`` ran, then the success detector decides.
-Everything is seeded by the scene seed, so an episode's outcome does not depend on the worker
-that ran it nor on the other episodes.
+With ``lockstep`` on (``config/sim.yaml``) the loop pairs the frame with the state of its stamp,
+as the node does; here they come from the same tick by construction.
+
+An episode is a fresh loop (as a node configured for it: no log or stop state carried over from
+the previous episode), ``set_enabled(True)`` (fresh frame history and rate limiter, as the
+episode driver enables the node), steps until the policy terminates (the loop asks to end the
+episode; the terminating step is not executed) or ``max_steps`` ran, then the success detector
+decides. Everything is seeded by the scene seed, so an episode's outcome does not depend on the
+worker that ran it nor on the other episodes.
 """
 
 from __future__ import annotations
@@ -88,17 +94,25 @@ class EpisodeRunner:
         self.sim = TabletopSim(self.setup.sim)
         policy, layout = load_actor(config, self.setup, self.sim)
         self.policy = policy
+        self.layout = layout
         self.output = SimOutput(self.setup.policy, layout, self.setup.sim.control_period)
         self.clock = FakeClock()
-        self.loop = ControlLoop(self.setup.policy, layout, policy, self.output, clock=self.clock)
-        self.loop.activate()
-        self.loop.on_instruction(self.sim.config.instruction)
+        self._tick = 0  # stamps of frames and joint states, increasing across episodes
+        self.loop: ControlLoop | None = None
+
+    def _new_loop(self) -> ControlLoop:
+        loop = ControlLoop(self.setup.policy, self.layout, self.policy, self.output,
+                           clock=self.clock)
+        loop.activate()
+        loop.on_instruction(self.sim.config.instruction)
+        return loop
 
     def run(self, seed: int, record_frames: bool = False) -> EpisodeOutcome:
         start = time.perf_counter()
-        sim, loop, output = self.sim, self.loop, self.output
+        sim, output = self.sim, self.output
         sim.reset(seed)
         output.begin(self.config.noise, np.random.default_rng([int(seed), NOISE_STREAM]))
+        self.loop = loop = self._new_loop()
         episode_id = f"eval-{seed}"
         loop.episode_started(episode_id)
         loop.set_enabled(True)
@@ -109,8 +123,10 @@ class EpisodeRunner:
             frame = sim.render()
             if frames is not None:
                 frames.append(frame)
-            loop.on_joint_states(JOINT_NAMES, sim.joint_positions())
-            loop.on_frame(frame, header=step, received=self.clock())
+            self._tick += 1
+            stamp = round(self._tick * period * 1e9)  # ns, as the node passes header stamps
+            loop.on_joint_states(JOINT_NAMES, sim.joint_positions(), stamp=stamp)
+            loop.on_frame(frame, header=step, received=self.clock(), stamp=stamp)
             if loop.tick():
                 loop.frame_wait()
             steps += 1

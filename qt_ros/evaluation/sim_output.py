@@ -28,7 +28,8 @@ class SimOutput:
     Attributes:
         ended: the loop asked to end the episode (the policy chose terminate).
         holds, steps: hold commands and published steps in this episode.
-        warnings: the loop's warnings in this episode (stops, faults).
+        warnings: the loop's warnings in this episode (stops, faults; not the hold line of a
+            terminate, which is how an episode normally ends).
         last_step: the last published :class:`StepRecord`.
     """
 
@@ -49,6 +50,7 @@ class SimOutput:
         self.holds = self.steps = 0
         self.warnings: list[str] = []
         self.last_step: StepRecord | None = None
+        self._terminating = False
 
     # ------------------------------------------------------------------ ControlOutput
 
@@ -68,6 +70,7 @@ class SimOutput:
     def step(self, record: StepRecord) -> None:
         self.last_step = record
         self.steps += 1
+        self._terminating = bool(record.terminate)
 
     def end_episode(self, episode_id: str) -> None:
         self.ended = True
@@ -76,7 +79,8 @@ class SimOutput:
         pass
 
     def warning(self, text: str) -> None:
-        self.warnings.append(text)
+        if not self._terminating:
+            self.warnings.append(text)
 
     # ------------------------------------------------------------------ to the simulator
 

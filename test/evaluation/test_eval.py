@@ -74,9 +74,14 @@ def test_a_checkpoint_is_reported_seed_by_seed(tmp_path, tiny_checkpoint):
     assert (out / "eval.png").exists()
 
 
-def test_two_workers_give_the_outcomes_of_one(tiny_checkpoint, tmp_path):
+def test_two_workers_give_the_outcomes_of_one(tmp_path):
+    # Without a terminate dimension every episode runs all its steps: 4 distinct trajectories.
+    checkpoint = make_random_checkpoint(tmp_path / "no_terminate", preset="tiny",
+                                        tokenizer=ActionTokenizer(terminate=None),
+                                        state_dim=len(JOINT_NAMES), seed=5)
+
     def rows(workers: int) -> list[dict]:
-        config = EvalConfig(checkpoint=str(tiny_checkpoint), episodes=4, max_steps=12,
+        config = EvalConfig(checkpoint=str(checkpoint), episodes=4, max_steps=12,
                             seed_offset=700, workers=workers, noise=0.003,
                             out=str(tmp_path / f"w{workers}"))
         outcomes = run_episodes(config, resolve_setup(config))
@@ -84,6 +89,7 @@ def test_two_workers_give_the_outcomes_of_one(tiny_checkpoint, tmp_path):
 
     one, two = rows(1), rows(2)
     assert one == two
+    assert all(r["steps"] == 12 and r["reason"] == "max_steps" for r in one)
     # The episodes differ from each other (the comparison above can fail).
     assert len({tuple(r["hand_m"]) for r in one}) == 4
 
