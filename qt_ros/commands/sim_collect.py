@@ -7,7 +7,8 @@ and ``convert_mapping.yaml``. Convert it like any demonstration recording::
 
     qt-ros convert RECORD_DIR --out DATASET --mapping RECORD_DIR/convert_mapping.yaml
 
-Exit status: 0 when every episode was recorded, 2 on bad options or a failed worker.
+Exit status: 0 when every episode was recorded, 2 on bad options or a failed worker, 130 when
+interrupted (Ctrl-C: the episodes running then are finished, no new one starts).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from qt_ros.common.settings import from_namespace
 from qt_ros.episodes.catalog import CatalogError
 from qt_ros.episodes.recorder import RecorderError
 from qt_ros.sim.collect_config import CollectConfig, CollectError
-from qt_ros.sim.collection import MAPPING_FILE, CollectSummary, collect
+from qt_ros.sim.collection import MAPPING_FILE, CollectSummary, collect, pending_episodes
 from qt_ros.sim.simulator import SimRenderError
 
 EPILOG = ("convert the episodes with: qt-ros convert RECORD_DIR --out DATASET --mapping "
@@ -44,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
     except CollectError as exc:
         print(f"qt-ros sim collect: {exc}", file=sys.stderr)
         return 2
-    total = config.demos + config.replays
+    try:
+        total = len(pending_episodes(config))
+    except CatalogError as exc:
+        print(f"qt-ros sim collect: {exc}", file=sys.stderr)
+        return 2
     bar = tqdm(total=total, unit="episode", desc="collect", file=sys.stderr,
                disable=args.quiet, dynamic_ncols=True)
     wins = 0
@@ -66,15 +71,21 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(summary.to_dict(), f, indent=1)
+    if summary.interrupted:
+        print(f"qt-ros sim collect: interrupted (Ctrl-C) after {len(summary.episodes)} of "
+              f"{total} episode(s); each started episode was finished, so every bag is "
+              f"complete; the same command with --resume collects the rest", file=sys.stderr)
+        return 130
     return 0
 
 
 def summary_text(summary: CollectSummary) -> str:
     """Episodes and successes per kind, steps and rates, and the convert command."""
     d = summary.to_dict()
+    skipped = f"; skipped {d['skipped']} already recorded" if d["skipped"] else ""
     lines = [f"collected {d['episodes']} episode(s), {d['steps']} steps in {d['seconds']:.1f} s "
              f"({d['steps_per_s']:.0f} steps/s, {d['episodes_per_min']:.0f} episodes/min, "
-             f"{d['workers']} worker(s))"]
+             f"{d['workers']} worker(s)){skipped}"]
     for kind, c in d["by_kind"].items():
         if c["episodes"]:
             lines.append(f"  {kind:7s} {c['episodes']:5d} episode(s), {c['successes']:5d} "

@@ -43,6 +43,8 @@ class CollectConfig:
     robot: str = setting("qt_ros_sim", "robot name in the episode ids and metadata "
                                        "(config/sim.yaml's recorder)")
     compression: str = setting("none", "MCAP chunk compression", choices=("none", "zstd"))
+    resume: bool = setting(False, "skip this run's episodes already recorded in the record "
+                                  "directory (after Ctrl-C) instead of refusing")
 
     def __post_init__(self) -> None:
         if not self.out:

@@ -28,12 +28,15 @@ a pure function of its seed and kind, whichever worker runs it.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
+import signal
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +95,8 @@ class CollectSummary:
     workers: int
     seconds: float = 0.0
     episodes: list[EpisodeReport] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C: the episodes running then were finished, no others
+    skipped: int = 0  # --resume: this run's episodes found already recorded
 
     @property
     def steps(self) -> int:
@@ -111,6 +116,7 @@ class CollectSummary:
     def to_dict(self) -> dict[str, Any]:
         seconds = max(self.seconds, 1e-9)
         return {"record_dir": self.record_dir, "workers": self.workers,
+                "interrupted": self.interrupted, "skipped": self.skipped,
                 "episodes": len(self.episodes), "steps": self.steps,
                 "seconds": round(self.seconds, 2),
                 "steps_per_s": round(self.steps / seconds, 1),
@@ -154,13 +160,16 @@ def collect(config: CollectConfig,
     Raises :class:`CollectError` for a record directory that already holds these episode ids,
     or when a worker fails (its message included).
     """
-    specs = plan_episodes(config)
     record_dir = Path(config.out).expanduser()
+    specs = pending_episodes(config)
     _check_free_ids(record_dir, [s.episode_id(config.robot) for s in specs])
     record_dir.mkdir(parents=True, exist_ok=True)
     (record_dir / MAPPING_FILE).write_text(demonstration_mapping(), encoding="utf-8")
-    workers = min(config.workers or os.cpu_count() or 1, len(specs))
-    summary = CollectSummary(record_dir=str(record_dir), workers=workers)
+    workers = max(1, min(config.workers or os.cpu_count() or 1, len(specs)))
+    summary = CollectSummary(record_dir=str(record_dir), workers=workers,
+                             skipped=config.demos + config.replays - len(specs))
+    if not specs:
+        return summary
     started = time.perf_counter()
 
     def done(report: EpisodeReport) -> None:
@@ -168,15 +177,54 @@ def collect(config: CollectConfig,
         if on_episode is not None:
             on_episode(report)
 
-    if workers == 1:
-        with EpisodeCollector(config) as collector:
-            for spec in specs:
-                done(collector.run(spec))
-    else:
-        _run_workers(config, specs, workers, done)
+    with _stop_on_ctrl_c() as stop:
+        if workers == 1:
+            with EpisodeCollector(config) as collector:
+                for spec in specs:
+                    if stop.requested:
+                        break
+                    done(collector.run(spec))
+        else:
+            _run_workers(config, specs, workers, done, stop)
+    summary.interrupted = stop.requested
     summary.seconds = time.perf_counter() - started
     summary.episodes.sort(key=lambda e: (KINDS.index(e.kind), e.seed))
     return summary
+
+
+class _Stop:
+    """Ctrl-C while collecting sets ``requested`` (instead of raising), so every episode that
+    started is finished and recorded: no half-written bag. The loop passes it on to the workers
+    through ``event``, which they check between episodes."""
+
+    def __init__(self) -> None:
+        self.requested = False  # set by the signal handler: a plain flag, no lock
+        self.event = multiprocessing.get_context("spawn").Event()
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c() -> Iterator[_Stop]:
+    stop = _Stop()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: setattr(stop, "requested", True))
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def pending_episodes(config: CollectConfig) -> list[EpisodeSpec]:
+    """The run's episodes still to record: all of them, or with ``resume`` those the record
+    directory does not hold complete."""
+    specs = plan_episodes(config)
+    record_dir = Path(config.out).expanduser()
+    if not config.resume or not record_dir.exists():
+        return specs
+    done = {k for k, r in EpisodeCatalog(record_dir).episodes().items()
+            if r.get("status") == "complete"}
+    return [s for s in specs if s.episode_id(config.robot) not in done]
 
 
 def _check_free_ids(record_dir: Path, ids: list[str]) -> None:
@@ -191,58 +239,66 @@ def _check_free_ids(record_dir: Path, ids: list[str]) -> None:
         hint = f"--seed {max(seeds) + 1}" if seeds else "a --seed beyond the seeds used there"
         raise CollectError(f"{record_dir} already holds {len(clash)} of these episodes "
                            f"({', '.join(clash[:3])}{', ...' if len(clash) > 3 else ''}): "
-                           f"collect with {hint}, or into another --out")
+                           f"finish an interrupted run with --resume, collect with {hint}, or "
+                           f"into another --out")
 
 
 # ---------------------------------------------------------------------------- workers
 
 def _run_workers(config: CollectConfig, specs: list[EpisodeSpec], workers: int,
-                 done: Callable[[EpisodeReport], None]) -> None:
+                 done: Callable[[EpisodeReport], None], stop: _Stop) -> None:
     """Worker w runs specs[w::workers] in its own process (spawned: no inherited GL state)."""
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(config, specs[w::workers], results),
+    procs = [ctx.Process(target=_worker, args=(config, specs[w::workers], results, stop.event, w),
                          name=f"qt-ros-collect-{w}", daemon=True) for w in range(workers)]
     for p in procs:
         p.start()
-    failed = ""
+    failed, running = "", set(range(workers))
     try:
-        running = workers
         while running:
+            if stop.requested:
+                stop.event.set()
             try:
-                kind, payload = results.get(timeout=1.0)
+                kind, payload = results.get(timeout=0.5)
             except queue.Empty:
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    failed = f"{dead[0].name} exited with status {dead[0].exitcode}"
+                dead = [w for w in running if procs[w].exitcode is not None]
+                if dead and not stop.event.is_set():
+                    failed = f"{procs[dead[0]].name} exited with status {procs[dead[0]].exitcode}"
                     break
+                running -= set(dead)
                 continue
             if kind == "episode":
                 done(EpisodeReport(**payload))
             elif kind == "error":
-                failed = failed or payload
+                failed = payload
                 break
             else:
-                running -= 1
-    finally:  # on an error (or Ctrl-C) the other workers stop at once
+                running.discard(payload)
+    finally:  # on an error the others finish their running episode and stop
+        stop.event.set()
         for p in procs:
-            if failed or p.exitcode is None and running:
+            p.join(timeout=30)
+            if p.exitcode is None:
                 p.terminate()
-            p.join()
+                p.join()
     if failed:
         raise CollectError(f"a collection worker failed: {failed}")
 
 
-def _worker(config: CollectConfig, specs: list[EpisodeSpec], results) -> None:
+def _worker(config: CollectConfig, specs: list[EpisodeSpec], results, stop, index: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent says when to stop (``stop``)
     # One render thread per worker: llvmpipe's default (one per core) makes workers contend.
     os.environ.setdefault("LP_NUM_THREADS", "1")
     try:
         with EpisodeCollector(config) as collector:
             for spec in specs:
+                if stop.is_set():
+                    break
                 results.put(("episode", asdict(collector.run(spec))))
     except Exception as exc:  # noqa: BLE001 - reported by the parent, with the type
         results.put(("error", f"{type(exc).__name__}: {exc}"))
-    results.put(("finished", None))
+    results.put(("finished", index))
 
 
 # ---------------------------------------------------------------------------- one episode
@@ -362,6 +418,9 @@ class EpisodeCollector:
                     self._msg("std_msgs/msg/Float64", data=float(gripper)))
 
     def close(self) -> None:
+        """End an episode left running by an error as ``aborted`` (its bag stays complete);
+        release the simulator."""
+        self.recorder.shutdown()
         self.sim.close()
 
     def __enter__(self) -> EpisodeCollector:

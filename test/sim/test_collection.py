@@ -8,6 +8,11 @@ simulator and demonstrator) as the independent reference for the bags' frames, a
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -249,6 +254,7 @@ def test_collecting_the_same_seeds_again_is_refused(collected, capsys):
                   "--seed", str(config.seed), "--quiet"])
     err = capsys.readouterr().err
     assert status == 2 and "already holds 1 of these episodes" in err and "--seed 7" in err
+    assert "--resume" in err
     assert sorted(p.name for p in summary_dir(summary).iterdir()) == before
     with pytest.raises(CollectError, match="--out RECORD_DIR is required"):
         CollectConfig(out="")
@@ -269,3 +275,40 @@ def test_cli_collects_prints_a_summary_and_bench_reports_json(tmp_path, capsys):
     bench = json.loads(capsys.readouterr().out)
     assert bench["benchmark"] == "collect" and bench["image"] == "32x32"
     assert bench["runs"][0]["steps"] > 0 and bench["runs"][0]["steps_per_s"] > 0
+
+
+def test_ctrl_c_finishes_the_running_episodes_and_resume_collects_the_rest(tmp_path):
+    out = tmp_path / "interrupted"
+    args = ["sim", "collect", "--out", str(out), "--demos", "12", "--image-size", "32",
+            "--seed", "20"]
+    proc = subprocess.Popen([sys.executable, "-m", "qt_ros.cli", *args, "--workers", "2",
+                             "--quiet"], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "catalog.json").exists() and sum(
+                    r["status"] == "complete"
+                    for r in EpisodeCatalog(out).episodes().values()) >= 2:
+                break
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted (Ctrl-C)" in err and "--resume" in err
+    catalog = EpisodeCatalog(out).episodes()
+    assert 2 <= len(catalog) < 12
+    assert {r["status"] for r in catalog.values()} == {"complete"}
+    bags = [p for p in out.iterdir() if p.is_dir()]
+    assert sorted(p.name for p in bags) == sorted(catalog)  # no half-written bag
+    assert all(BagReader.open(p).complete for p in bags)
+
+    assert cli([*args, "--workers", "1", "--quiet", "--resume"]) == 0
+    catalog = EpisodeCatalog(out).episodes()
+    assert sorted(catalog) == [f"qt_ros_sim-demo-{seed:06d}" for seed in range(20, 32)]
+    assert {r["status"] for r in catalog.values()} == {"complete"}
+    assert cli([*args, "--quiet", "--resume"]) == 0  # nothing left: nothing recorded
+    assert len(EpisodeCatalog(out).episodes()) == 12
