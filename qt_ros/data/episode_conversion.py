@@ -32,7 +32,9 @@ from qt_ros.data.topic_mapping import (
     IMAGE_TYPES,
     MappingError,
     TopicMapping,
+    cdr_header_stamp,
     default_fields,
+    header_stamp,
     infer_roles,
     mapping_from_roles,
     read_fields,
@@ -135,12 +137,10 @@ def _topic_list(bag: BagReader) -> str:
 
 
 @dataclass
-class _Decision:
-    """A command step taking commands until it closes: its log time, image and state."""
-
-    t: int
-    image: tuple[int, str, bytes] | None
-    state: np.ndarray | None
+class _Decision:  # a command step, taking commands until it closes
+    t: int  # log time of its step message or tick (ns)
+    image: tuple[int, str, bytes] | None  # (log time, type, CDR) of its frame
+    state: np.ndarray | None  # the latest state at t
 
 
 class _Converter:
@@ -163,6 +163,7 @@ class _Converter:
         self.images: deque = deque()
         self.decoded: tuple[int, np.ndarray] | None = None
         self.state: np.ndarray | None = None
+        self.stamped_states: deque = deque(maxlen=1024)  # (header stamp ns, values)
         self.state_fields: list[str] | None = None
         self.held: dict[str, np.ndarray] = {}
         self.pending: _Decision | None = None  # the command step still taking commands
@@ -202,13 +203,6 @@ class _Converter:
                     self.held[src.topic] = self._scaled(src, np.broadcast_to(
                         np.asarray(src.initial, dtype=np.float64), (len(src.dims),)))
                 wanted.add(src.topic)
-            if m.step:
-                if m.step not in {s.topic for s in m.actions}:
-                    raise EpisodeError(f"{self.where}: step topic '{m.step}' must be one of the "
-                                       f"action topics")
-            elif m.rate <= 0:
-                raise EpisodeError(f"{self.where}: the mapping needs 'step' (a command topic) or "
-                                   f"'rate' (Hz) to define control steps")
         else:
             self._require(m.policy_step, "policy_step")
             wanted.add(m.policy_step)
@@ -282,6 +276,8 @@ class _Converter:
             self.state_fields = self.m.state.fields or default_fields(msgtype, self.m.state.topic)
         self.state = read_fields(msg, self.state_fields,
                                  f"{self.where}: state topic {self.m.state.topic}")
+        if stamp := header_stamp(msg):
+            self.stamped_states.append((stamp, self.state))
 
     def _policy_step(self, t: int, msg: Any) -> None:
         names = list(msg.dimension_names)
@@ -311,7 +307,6 @@ class _Converter:
 
     # A step is one decision: the commands answering one frame, in any order (design.md 4.4).
     def _open_decision(self, t: int) -> None:
-        """A command step at ``t``: its image and state now, its action when it closes."""
         self._close_decision()
         self.pending = _Decision(t, self._image_at(t), self.state)
 
@@ -330,7 +325,15 @@ class _Converter:
         for name, value in self.m.constants.items():
             if name in tok.names:
                 action[tok.names.index(name)] = value
-        self._add_step(d.t, action, None, d.image, d.state)
+        self._add_step(d.t, action, None, d.image, self._state_of_frame(d))
+
+    def _state_of_frame(self, d: _Decision) -> np.ndarray | None:
+        """The state stamped last at or before the frame's stamp, else the state at the step."""
+        frame = cdr_header_stamp(d.image[2]) if d.image is not None else 0
+        for stamp, state in reversed(self.stamped_states) if frame else ():
+            if stamp <= frame:
+                return state if frame - stamp <= self.m.max_image_age * 1e9 else d.state
+        return d.state
 
     def _add_step(self, t: int, action: np.ndarray, bins: np.ndarray | None,
                   image: tuple[int, str, bytes] | None, state: np.ndarray | None) -> None:

@@ -40,6 +40,7 @@ long after its step instead (or at the next step), whatever frames arrive meanwh
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,9 +186,15 @@ class TopicMapping:
         return out
 
     def check_dims(self, names: Sequence[str], terminate: str | None) -> None:
-        """Every tokenizer dimension has exactly one source (a command or a constant)."""
+        """Every tokenizer dimension has exactly one source (a command or a constant), and
+        a step topic among the action topics or a rate defines the steps."""
         if not self.actions:
             return
+        if self.step and self.step not in {s.topic for s in self.actions}:
+            raise MappingError(f"step topic '{self.step}' must be one of the action topics")
+        if not self.step and self.rate <= 0:
+            raise MappingError("the mapping needs 'step' (a command topic) or 'rate' (Hz) to "
+                               "define control steps")
         provided: dict[str, str] = {}
         for src in self.actions:
             for d in src.dims:
@@ -253,6 +260,21 @@ def read_fields(msg: Any, fields: Sequence[str], where: str) -> np.ndarray:
         arr = np.asarray(value, dtype=np.float64).reshape(-1)
         out.extend(arr.tolist())
     return np.asarray(out, dtype=np.float64)
+
+
+def header_stamp(msg: Any) -> int:
+    """``header.stamp`` of a deserialized message in ns, 0 when it has none."""
+    stamp = getattr(getattr(msg, "header", None), "stamp", None)
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec) if stamp is not None else 0
+
+
+def cdr_header_stamp(data: bytes) -> int:
+    """``header.stamp`` in ns of a serialized message that starts with a header (images)."""
+    if len(data) < 12:
+        return 0
+    order = "<" if data[1] & 1 else ">"  # CDR encapsulation: 0x0001 little endian
+    sec, nanosec = struct.unpack_from(order + "iI", data, 4)
+    return sec * 1_000_000_000 + nanosec
 
 
 def default_fields(msgtype: str, topic: str) -> list[str]:

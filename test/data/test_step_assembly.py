@@ -34,9 +34,12 @@ def script() -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_bag(path: Path, *, arm_first: bool, gap_ms: float = 3.0, after_ms: float = 5.0,
-              camera_hz: float = 10.0, gripper_every_step: bool = True) -> None:
+              camera_hz: float = 10.0, gripper_every_step: bool = True,
+              state_ms: float = 1.0, stamped_states: bool = False) -> None:
     """Frames at ``camera_hz`` from T0, one decision per 100 ms answering the frame at its
-    start: twist (m/s at 10 Hz) and gripper ``after_ms`` after that frame, ``gap_ms`` apart."""
+    start: twist (m/s at 10 Hz) and gripper ``after_ms`` after that frame, ``gap_ms`` apart.
+    Each frame's joint state (position = frame index) is logged ``state_ms`` after it, its
+    header stamped with the frame's stamp if ``stamped_states``, else 0."""
     store = get_typestore(Stores.ROS2_KILTED)
     t = store.types
     motion, gripper = script()
@@ -49,9 +52,11 @@ def write_bag(path: Path, *, arm_first: bool, gap_ms: float = 3.0, after_ms: flo
                 sec=ns // 10**9, nanosec=ns % 10**9), frame_id="cam"),
             height=4, width=4, encoding="rgb8", is_bigendian=0, step=12,
             data=rgb.reshape(-1).copy())))
-        msgs.append((ns + MS, "/joint_states", t["sensor_msgs/msg/JointState"](
+        stamp = ns if stamped_states else 0
+        msgs.append((ns + int(state_ms * MS), "/joint_states", t["sensor_msgs/msg/JointState"](
             header=t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](
-                sec=0, nanosec=0), frame_id=""), name=["k"], position=np.array([float(k)]),
+                sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id=""),
+            name=["k"], position=np.array([float(k)]),
             velocity=np.zeros(0), effort=np.zeros(0))))
     vec = t["geometry_msgs/msg/Vector3"]
     for s in range(STEPS):
@@ -149,3 +154,19 @@ def test_a_fast_camera_needs_a_step_window(tmp_path):
     np.testing.assert_array_equal(whole["frames"][:, 0, 0], colours)
     with pytest.raises(MappingError, match="step_window must be > 0"):
         mapping(step_window=0)
+
+
+def test_the_state_of_a_step_is_the_state_of_its_frame(tmp_path):
+    # The recorder logs messages of different topics in its own order: here each frame's
+    # joint state is logged after the commands that answer the frame. Stamped with the frame's
+    # stamp (as the simulator does), it is still the step's state, and the first step is kept.
+    write_bag(tmp_path / "stamped", arm_first=True, state_ms=12.0, stamped_states=True)
+    a = convert(tmp_path / "stamped", mapping())
+    np.testing.assert_array_equal(a["state"][:, 0], np.arange(STEPS))
+    np.testing.assert_allclose(a["action"], expected_actions(), atol=1e-6)
+    # Without stamps the state is the latest one logged at the step: the frame before.
+    write_bag(tmp_path / "unstamped", arm_first=True, state_ms=12.0)
+    result = convert_bag(tmp_path / "unstamped", ConvertOptions(image_size=(4, 4),
+                                                                mapping=mapping()))
+    assert result.record["dropped"] == {"no_state": 1}
+    np.testing.assert_array_equal(result.arrays["state"][:, 0], np.arange(STEPS - 1))
