@@ -6,8 +6,9 @@ or before it (bag log time); a step whose image is older than ``max_image_age``,
 image or no state yet, is dropped and counted by reason. A command step is one decision: its
 action is each action topic's last value when the decision closes (the next camera frame, the
 next step, or ``step_window`` after the step), so commands answering one frame on separate
-topics form one step in any order. Images are converted to RGB and resized once, to the
-training resolution (``cv2.INTER_AREA``, no crop). Actions are tokenized with the dataset's
+topics form one step in any order; its state is the one stamped with its frame, if stamped.
+Images are converted to RGB and resized once, to the training resolution (``cv2.INTER_AREA``, no
+crop). Actions are tokenized with the dataset's
 :class:`~qt_ros.qtransformer.tokenizer.ActionTokenizer`, or their bins taken from ``PolicyStep``.
 
 Rewards are sparse (Q-Transformer): the episode's reward (1 for success, else 0, unless the label

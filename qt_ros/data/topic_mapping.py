@@ -34,7 +34,9 @@ A step is one decision: its action is each action topic's last value when the de
 which is at the next camera frame or the next step (so a twist and a gripper command answering
 one frame form one step in either order). A camera faster than the commands can put a frame
 between the messages of one decision; ``step_window`` (seconds) then closes each decision that
-long after its step instead (or at the next step), whatever frames arrive meanwhile.
+long after its step instead (or at the next step), whatever frames arrive meanwhile. The step's
+state is the one whose header stamp is the latest at or before its frame's (states without a
+stamp: the latest one logged at the step).
 """
 
 from __future__ import annotations
