@@ -236,8 +236,9 @@ class SimRobotNode(Node):
     # ---------------------------------------------------------------- labels
 
     def _on_event(self, msg: EpisodeEvent) -> None:
-        if msg.event == EpisodeEvent.STARTED and self.lockstep and self._tick:
-            self._send_tick()  # the recording starts with the tick being waited for
+        if msg.event == EpisodeEvent.STARTED and self.lockstep:
+            if self._tick and not self.decision.begun:
+                self._send_tick()  # the recording starts with the tick being waited for
             return
         if (self._label_client is None or msg.event != EpisodeEvent.ENDED
                 or msg.outcome != EpisodeEvent.OUTCOME_UNKNOWN):
