@@ -334,7 +334,7 @@ def plot_metrics(metrics_jsonl: Path, png: Path) -> Path | None:
             ax_right.plot(steps, [r[key] for r in rows], label=key)
         ax_right.set_title("mean Q of taken bins and target")
     ax_right.set_xlabel("step")
-    ax_right.legend(fontsize="small")
+    ax_right.legend(fontsize="small", ncol=3 if bc else 1)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
