@@ -1,10 +1,11 @@
 """Demonstrations recorded through the real nodes convert to the demonstrator's own actions.
 
-sim_robot + demonstrator + recorder processes record a few episodes as ``make demo`` does (the
-episode driver plays the operator); the recorder also records the simulator's privileged state,
-the demonstrator's only input. The bags are converted with the demo's own topic mapping; then the
-scripted demonstrator (noise 0, no mistakes: a pure function of the state) is re-run in-process
-on the state each step answered, and its action must be the converted step's, at every step.
+sim_robot (in lockstep) + demonstrator + recorder processes record a few episodes as ``make demo``
+does (the episode driver plays the operator); the recorder also records the simulator's
+privileged state, the demonstrator's only input. The bags are converted with the demo's own topic
+mapping; then the scripted demonstrator (noise 0, no mistakes: a pure function of the state) is
+re-run in-process on the state each step answered, and its action must be the converted step's,
+at every step.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def answered_states(bag_path, times: np.ndarray) -> list[SimState]:
 
 def test_demonstrations_convert_to_the_demonstrators_actions(spawn, env, tmp_path):
     record_dir = tmp_path / "demos"
-    sim_params = {"control_rate": RATE, "image_width": 64, "image_height": 64, "seed": 40}
+    # lockstep as in the demo (config/sim.yaml): each tick waits for the decision answering it
+    sim_params = {"control_rate": RATE, "image_width": 64, "image_height": 64, "seed": 40,
+                  "lockstep": True}
     procs = [
         spawn(node("sim_robot_node", **sim_params), env=env, name="sim"),
         spawn(node("recorder_node", record_dir=record_dir, source="demonstration",
