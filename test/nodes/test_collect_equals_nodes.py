@@ -99,30 +99,7 @@ def test_collected_bag_converts_like_the_nodes_bag(spawn, env, tmp_path):
     np.testing.assert_array_equal(ours["action"], theirs["action"])
     np.testing.assert_array_equal(ours["frames"], theirs["frames"])
     np.testing.assert_array_equal(ours["reward"], theirs["reward"])
-    # States: the converter takes the latest joint state logged before the step's command. The
-    # recorder node logs on receipt, and its joint_states (sensor QoS) can be received after
-    # the command answering the same tick: such a step of the node bag has the previous tick's
-    # state (docs/design.md 7.2). sim collect logs each tick in the order the sim publishes it.
-    late = late_states(episode.bag, theirs["timestamp"])
-    on_time = ~late
-    np.testing.assert_array_equal(ours["state"][on_time], theirs["state"][on_time])
-    np.testing.assert_array_equal(theirs["state"][1:][late[1:]], ours["state"][:-1][late[1:]])
-    assert not late[0]
-
-
-def late_states(bag_path, step_times: np.ndarray) -> np.ndarray:
-    """Per step of a node bag: whether the joint state of its frame's tick was logged after it."""
-    with BagReader.open(bag_path) as bag:
-        images, joints = [], {}
-        for topic, msgtype, t, data in bag.messages(["/image", "/joint_states"]):
-            stamp = bag.deserialize(data, msgtype).header.stamp
-            key = (stamp.sec, stamp.nanosec)
-            if topic == "/image":
-                images.append((t, key))
-            else:
-                joints.setdefault(key, t)
-    late = []
-    for t in step_times:
-        _, key = max((i for i in images if i[0] <= t), key=lambda i: i[0])
-        late.append(joints[key] > t)
-    return np.asarray(late)
+    # The recorder node logs on receipt, so a tick's joint state can follow the command that
+    # answers it in the bag (2-3 of 27 steps per run seen); the converter pairs a step with the
+    # state stamped with its frame, so the states are the same too.
+    np.testing.assert_array_equal(ours["state"], theirs["state"])
