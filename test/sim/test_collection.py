@@ -312,3 +312,19 @@ def test_ctrl_c_finishes_the_running_episodes_and_resume_collects_the_rest(tmp_p
     assert {r["status"] for r in catalog.values()} == {"complete"}
     assert cli([*args, "--quiet", "--resume"]) == 0  # nothing left: nothing recorded
     assert len(EpisodeCatalog(out).episodes()) == 12
+
+
+def test_defaults_are_those_of_config_sim_yaml():
+    """The clean demonstrations are the sim set-up's demonstrator; the bags its recorder's."""
+    shipped = yaml.safe_load((REPO / "config/sim.yaml").read_text())
+    demonstrator = shipped["demonstrator"]["ros__parameters"]
+    recorder = shipped["recorder"]["ros__parameters"]
+    sim = shipped["sim_robot"]["ros__parameters"]
+    config = CollectConfig(out="unused")
+    assert config.demo_noise == demonstrator["noise"]
+    assert config.robot == recorder["robot"]
+    assert config.image_hw == (sim["image_height"], sim["image_width"])
+    assert 1.0 / config.sim_config().control_period == sim["control_rate"] == \
+        demonstrator["control_rate"]
+    assert DemonstratorConfig().max_step == demonstrator["max_step"]
+    assert DemonstratorConfig().quantum == demonstrator["quantum"]
