@@ -135,6 +135,7 @@ class EpisodeRunner:
                 break
             sim.step(output.take_action())
             self.clock.advance(period)
+        holds, warnings = output.holds, list(output.warnings)  # the policy's, not the stop's
         loop.set_enabled(False)  # what the driver does at the step budget (a hold)
         loop.episode_ended(episode_id)
         self.clock.advance(period)
@@ -143,9 +144,9 @@ class EpisodeRunner:
         state = sim.state()
         return EpisodeOutcome(
             seed=int(seed), success=bool(state.success), steps=steps, reason=reason,
-            holds=output.holds, grasped=bool(state.grasped),
+            holds=holds, grasped=bool(state.grasped),
             lifted=float(state.block[2] - BLOCK_HALF - TABLE_TOP),
-            hand=tuple(float(v) for v in state.ee), warnings=list(output.warnings),
+            hand=tuple(float(v) for v in state.ee), warnings=warnings,
             seconds=time.perf_counter() - start, frames=frames)
 
     def close(self) -> None:

@@ -90,6 +90,8 @@ def test_two_workers_give_the_outcomes_of_one(tmp_path):
     one, two = rows(1), rows(2)
     assert one == two
     assert all(r["steps"] == 12 and r["reason"] == "max_steps" for r in one)
+    # The harness's own stop at the step budget is not the policy's hold or warning.
+    assert all(r["holds"] == 0 and r["warnings"] == [] for r in one)
     # The episodes differ from each other (the comparison above can fail).
     assert len({tuple(r["hand_m"]) for r in one}) == 4
 
