@@ -26,6 +26,8 @@ VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     },
     "repair": ("qt_ros.commands.repair", "reindex a bag a crash left incomplete, keeping its data"),
     "train": ("qt_ros.commands.train", "train a Q-Transformer offline on a dataset"),
+    "compare": ("qt_ros.commands.compare",
+                "train Q-T, BC and ablations on one dataset, evaluate each (Markdown table)"),
     "eval": ("qt_ros.commands.eval", "closed-loop success of a checkpoint on the simulated robot"),
     "sim": {
         "collect": ("qt_ros.commands.sim_collect",

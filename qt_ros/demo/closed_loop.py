@@ -16,22 +16,7 @@ from pathlib import Path
 
 from qt_ros.demo.child_processes import REPO, DemoError, Processes, share_file
 from qt_ros.demo.demo_summary import plot_summary, summary_text
-
-
-def demonstration_mapping(control_rate: float) -> str:
-    """The topic mapping (YAML) that converts the demonstrator's bags: its commands as actions."""
-    return ("# qt-ros convert --mapping: the demonstrator's commands as actions\n"
-            "actions:\n"
-            "  - topic: /arm_command            # TwistStamped, m/s\n"
-            "    dims: [x, y, z, roll, pitch, yaw]\n"
-            f"    scale: {1.0 / control_rate!r}   # one control period: m per step\n"
-            "  - topic: /gripper_command        # Float64, 0 open .. 1 closed\n"
-            "    dims: [gripper]\n"
-            "    initial: 0.0\n"
-            "# one step per arm command, with the gripper command answering the same frame\n"
-            "# (sent just after the twist): the step's decision closes at the next frame\n"
-            "step: /arm_command\n"
-            "source: demonstration\n")
+from qt_ros.sim.collection import demonstration_mapping
 
 
 class Demo:

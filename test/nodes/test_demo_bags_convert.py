@@ -18,10 +18,10 @@ from std_srvs.srv import SetBool, Trigger
 
 from qt_ros.data.episode_conversion import ConvertOptions, convert_bag
 from qt_ros.data.topic_mapping import TopicMapping
-from qt_ros.demo.closed_loop import demonstration_mapping
 from qt_ros.episodes.bag_reader import BagReader
 from qt_ros.nodes.episode_driver import EpisodeDriver
 from qt_ros.qtransformer.tokenizer import ActionTokenizer
+from qt_ros.sim.collection import demonstration_mapping
 from qt_ros.sim.demonstrator import ScriptedDemonstrator
 from qt_ros.sim.node_configs import DemonstratorNodeConfig
 from qt_ros.sim.simulator import SimState
