@@ -4,13 +4,14 @@ SHELL := /bin/bash
 BUILD_INPUTS := CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv scripts/*) tools/colcon_build.sh
 ENV := source tools/env.sh &&
 
-.PHONY: help env test lint pytest demo bench clean distclean
+.PHONY: help env test lint pytest demo bench compare clean distclean
 
 help:
 	@echo "make demo   - closed-loop demo on the simulated robot (builds the environment first)"
 	@echo "make test   - ruff + the whole test suite (builds the environment first)"
 	@echo "make env    - only build .venv (ROS 2 Kilted wheels, PyTorch) and colcon-build qt_ros"
 	@echo "make bench  - run the benchmarks (prints JSON)"
+	@echo "make compare - Q-T vs BC vs ablations on one collected dataset (Markdown table + PNG)"
 
 env: install/.qt_ros-built
 
@@ -34,6 +35,18 @@ demo: env
 bench: env
 	$(ENV) qt-ros bench act && qt-ros bench train && qt-ros bench record && qt-ros bench convert \
 	  && qt-ros bench policy-node && qt-ros bench policy-node --with-recorder
+
+# The comparison table of docs/design.md 3.9: a paper-like mix (8 % clean demonstrations, 92 %
+# noisy replays), converted, then every variant trained and evaluated on the same unseen seeds.
+# Hours on 2 CPU cores at the defaults; e.g. COMPARE_ARGS="--steps 2000 --episodes 30" for a look.
+COMPARE_DIR ?= compare_runs
+COLLECT_ARGS ?= --demos 20 --replays 230 --image-size 64
+COMPARE_ARGS ?=
+compare: env
+	$(ENV) qt-ros sim collect --out $(COMPARE_DIR)/episodes $(COLLECT_ARGS) --resume \
+	  && qt-ros convert $(COMPARE_DIR)/episodes --out $(COMPARE_DIR)/dataset \
+	       --mapping $(COMPARE_DIR)/episodes/convert_mapping.yaml \
+	  && qt-ros compare $(COMPARE_DIR)/dataset --out $(COMPARE_DIR)/table $(COMPARE_ARGS)
 
 clean:
 	rm -rf build install log .pytest_cache .ruff_cache
