@@ -52,7 +52,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"qt-ros eval: {e}", file=sys.stderr)
         return 2
     out = config.out_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"qt-ros eval: cannot create the output directory {out}: {e}; choose one with "
+              f"--out", file=sys.stderr)
+        return 2
     start = time.monotonic()
     wins = [0, 0]
     with tqdm(total=config.episodes, desc="eval", unit="episode", file=sys.stderr) as bar:
@@ -68,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"qt-ros eval: the simulator or a worker failed: {type(e).__name__}: {e}",
                   file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("qt-ros eval: interrupted; nothing written", file=sys.stderr)
+            return 130
     summary = eval_report.summarize(outcomes, config, setup, model_id, time.monotonic() - start)
     paths = [eval_report.write_json(summary, out), eval_report.plot(summary, out)]
     paths += eval_report.write_videos(outcomes, out)
