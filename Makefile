@@ -34,7 +34,8 @@ demo: env
 
 bench: env
 	$(ENV) qt-ros bench act && qt-ros bench train && qt-ros bench record && qt-ros bench convert \
-	  && qt-ros bench policy-node && qt-ros bench policy-node --with-recorder
+	  && qt-ros bench policy-node && qt-ros bench policy-node --with-recorder \
+	  && qt-ros bench collect && qt-ros bench eval
 
 # The comparison table of docs/design.md 3.9: a paper-like mix (8 % clean demonstrations, 92 %
 # noisy replays), converted, then every variant trained and evaluated on the same unseen seeds.

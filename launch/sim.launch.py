@@ -14,8 +14,9 @@ detector. Parameters come from ``config/policy.yaml`` and ``config/recorder.yaml
 ``config/sim.yaml`` (or ``sim_params``), then the launch arguments. ``config/sim.yaml`` runs the
 simulator and the policy in lockstep (one control period per decision: an episode depends on
 the seed and the policy, not on the machine's load); a ``sim_params`` file with ``lockstep:
-false`` for both makes the simulator behave like a robot that does not wait. ``python -m qt_ros.demo``
-runs the whole loop (demonstrations, conversion, training, policy episodes) without launch.
+false`` for both makes the simulator behave like a robot that does not wait.
+``python -m qt_ros.demo`` runs the whole loop (demonstrations, conversion, training, policy
+episodes) without launch.
 """
 
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
