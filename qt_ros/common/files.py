@@ -1,4 +1,5 @@
-"""Safe file writes shared by the catalog, the bags, bag repair and the dataset.
+"""Files: safe writes shared by the catalog, the bags, bag repair and the dataset, and where the
+package's shipped parameter files are.
 
 Every small table qt_ros keeps next to its data (``catalog.json``, a bag's ``metadata.yaml``, the
 dataset's JSON files) is replaced, never written in place, so a crash or a full disk leaves the
@@ -39,3 +40,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def shipped_config(name: str) -> Path | None:
+    """``config/<name>`` of the source tree, else of an installed qt_ros
+    (``<prefix>/share/qt_ros/config`` on ``AMENT_PREFIX_PATH``); None when neither has it."""
+    candidates = [REPO / "config" / name]
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        if prefix:
+            candidates.append(Path(prefix) / "share" / "qt_ros" / "config" / name)
+    return next((c for c in candidates if c.is_file()), None)

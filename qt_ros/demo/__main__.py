@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from qt_ros import demo as demo_package
-from qt_ros.demo.child_processes import DemoError, share_file
+from qt_ros.common.files import shipped_config
+from qt_ros.demo.child_processes import DemoError
 from qt_ros.demo.closed_loop import Demo
 
 
@@ -116,7 +117,7 @@ def _check_environment() -> str:
     except ImportError as exc:
         return (f"the ROS 2 environment is not active ({exc}): run `make demo`, or `make env` "
                 f"and `source tools/env.sh` first")
-    if share_file("sim.yaml") is None:
+    if shipped_config("sim.yaml") is None:
         return "config/sim.yaml not found (neither in the source tree nor in an install)"
     return ""
 

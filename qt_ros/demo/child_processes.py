@@ -11,15 +11,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def share_file(name: str) -> Path | None:
-    """config/<name> of the source tree, else of an installed qt_ros (share/qt_ros/config)."""
-    candidates = [REPO / "config" / name]
-    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        if prefix:
-            candidates.append(Path(prefix) / "share" / "qt_ros" / "config" / name)
-    return next((c for c in candidates if c.is_file()), None)
-
-
 class DemoError(RuntimeError):
     """A step of the demo that failed; the text says which and where its log is."""
 

@@ -14,7 +14,8 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
-from qt_ros.demo.child_processes import REPO, DemoError, Processes, share_file
+from qt_ros.common.files import shipped_config
+from qt_ros.demo.child_processes import REPO, DemoError, Processes
 from qt_ros.demo.demo_summary import plot_summary, summary_text
 from qt_ros.sim.collection import demonstration_mapping
 
@@ -35,14 +36,14 @@ class Demo:
         env.setdefault("MUJOCO_GL", "egl")
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
-        profile = share_file("fastdds_shm.xml")
+        profile = shipped_config("fastdds_shm.xml")
         if profile is not None:
             env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         self.env = env
         self.procs = Processes(self.out / "logs", env)
-        self.sim_params = str(share_file("sim.yaml"))
+        self.sim_params = str(shipped_config("sim.yaml"))
         self.paths = {name: self.out / name for name in (
             "demonstrations", "policy_episodes", "dataset", "checkpoint")}
         self.results: dict[str, list[dict]] = {"demonstration": [], "policy": []}
@@ -92,7 +93,7 @@ class Demo:
                    f"control_rate:={a.control_rate}")
         self._node("recorder", "recorder_node", f"record_dir:={record_dir}",
                    f"source:={source}", "min_free_space_mb:=200.0",
-                   files=(str(share_file("recorder.yaml")),))
+                   files=(str(shipped_config("recorder.yaml")),))
 
     def _wait_ready(self, driver, actor: str) -> None:
         from std_srvs.srv import SetBool, Trigger
@@ -177,7 +178,7 @@ class Demo:
                                      a.seed + 10000)
         self._node("policy", "policy_node", f"checkpoint:={self.paths['checkpoint']}",
                    f"control_rate:={a.control_rate}",
-                   files=(str(share_file("policy.yaml")),))
+                   files=(str(shipped_config("policy.yaml")),))
         self._episodes("policy", a.episodes, a.max_steps / a.control_rate + 0.3)
         self.procs.stop_all()
 

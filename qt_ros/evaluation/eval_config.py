@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from qt_ros.common.files import shipped_config
 from qt_ros.common.settings import from_parameters, setting, setting_of
 from qt_ros.control.policy_config import ConfigError, PolicyConfig
 from qt_ros.sim.demonstrator import DemonstratorConfig
@@ -27,7 +27,6 @@ POLICIES = ("checkpoint", "demonstrator")
 # Far from the seeds data collection uses (the demo: 0.., its policy episodes 10000..), so the
 # scenes are unseen in training.
 DEFAULT_SEED_OFFSET = 100_000
-REPO = Path(__file__).resolve().parents[2]
 
 
 class EvalError(ValueError):
@@ -98,15 +97,6 @@ class EvalSetup:
     params_files: tuple[str, ...]
 
 
-def config_file(name: str) -> Path | None:
-    """config/<name> of the source tree, else of an installed qt_ros (share/qt_ros/config)."""
-    candidates = [REPO / "config" / name]
-    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        if prefix:
-            candidates.append(Path(prefix) / "share" / "qt_ros" / "config" / name)
-    return next((c for c in candidates if c.is_file()), None)
-
-
 def _sections(path: Path) -> dict[str, dict]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -120,11 +110,11 @@ def _sections(path: Path) -> dict[str, dict]:
 def resolve_setup(config: EvalConfig) -> EvalSetup:
     """The simulator, policy and demonstrator configs of ``config`` (see the module docstring).
     Raises :class:`EvalError` for a missing or unusable parameter file."""
-    sim_file = Path(config.params) if config.params else config_file("sim.yaml")
+    sim_file = Path(config.params) if config.params else shipped_config("sim.yaml")
     if sim_file is None or not sim_file.is_file():
         raise EvalError(f"parameter file {config.params or 'config/sim.yaml'} not found: pass "
                         f"the sim set-up's parameter file with --params")
-    files = [f for f in (config_file("policy.yaml"), sim_file) if f is not None]
+    files = [f for f in (shipped_config("policy.yaml"), sim_file) if f is not None]
     values: dict[str, dict] = {"policy": {}, "sim_robot": {}, "demonstrator": {}}
     for path in files:
         for node, section in _sections(path).items():
