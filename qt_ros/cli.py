@@ -44,6 +44,8 @@ VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "policy-node": ("qt_ros.commands.bench_policy_node",
                         "policy node latency, missed deadlines (JSON)"),
         "eval": ("qt_ros.commands.bench_eval", "closed-loop eval episodes per minute (JSON)"),
+        "faults": ("qt_ros.commands.bench_faults",
+                   "fault injection: bad frames, damaged bags, recorder faults (JSON counts)"),
     },
 }
 

@@ -90,7 +90,8 @@ def test_every_imported_ros_package_is_declared():
 CORE_PACKAGES = ("qtransformer", "episodes", "data", "sim", "control", "commands",
                  "evaluation")
 # Verbs that measure the ROS nodes: they import rclpy inside run(), never at import time.
-ROS_VERBS = {"qt_ros/commands/bench_record.py", "qt_ros/commands/bench_policy_node.py"}
+ROS_VERBS = {"qt_ros/commands/bench_record.py", "qt_ros/commands/bench_policy_node.py",
+             "qt_ros/commands/bench_faults.py"}
 
 
 def _core_sources() -> list[Path]:
