@@ -1,0 +1,70 @@
+"""The demo's recipe: every setting of its data, training and evaluation in one place.
+
+``python -m qt_ros.demo`` takes the defaults of its options from :data:`DEFAULT`; change a value
+here to change what ``make demo`` does, or pass an option for one run
+(``python -m qt_ros.demo --help``). ``train_args`` holds any further ``qt-ros train`` options
+(e.g. ``("--alpha", "1.0")``), passed through as written, after the demo's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What ``make demo`` collects, trains and evaluates (one field per setting)."""
+
+    task: str = "lift"
+    """lift: pick up the red block; place: put it on the green pad."""
+
+    # ---- collection (``qt-ros sim collect``, in-process, into real bags)
+    demos: int = 200
+    """Clean demonstrations (the demonstrator with ``demo_noise``, no scripted mistakes)."""
+    replays: int = 0
+    """Noisy replays: more noise and mostly a scripted mistake, so mostly failures."""
+    demo_noise: float = 0.002
+    """Demonstrator noise of the clean demonstrations, m per step."""
+    replay_mistake_rate: float = 0.6
+    """Probability of a scripted mistake in a noisy replay."""
+    image_size: int = 64
+    """Camera image size of collection and training resolution of conversion (pixels)."""
+    collect_workers: int = 2
+    """Worker processes of the collection (one simulator each)."""
+
+    # ---- training (``qt-ros train``)
+    preset: str = "tiny"
+    """Model size: tiny | small | base."""
+    batch_size: int = 32
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    train_steps: int = 12000
+    """Gradient steps of the first training round."""
+    train_minutes: float = 12.0
+    """Wall-time limit of the first training round (it stops at the steps or here)."""
+    encoder: str = "minilm"
+    """Instruction encoder: minilm (pretrained sentence encoder) or hash (starts faster)."""
+    train_args: tuple[str, ...] = ()
+    """Further ``qt-ros train`` options, e.g. ("--alpha", "1.0"), for both rounds."""
+
+    # ---- evaluation
+    ros_episodes: int = 30
+    """Policy episodes through the ROS nodes (sim_robot, policy, recorder) on unseen scenes."""
+    eval_episodes: int = 100
+    """In-process ``qt-ros eval`` episodes (unseen seeds) before and after the second round."""
+    max_steps: int = 50
+    """Control steps a policy episode may take."""
+
+    # ---- the self-improvement round (the policy's own episodes, then ``train --init``)
+    improve: bool = True
+    """Run the second round: record the policy's episodes, append, train on from the first."""
+    improve_episodes: int = 100
+    """Policy episodes recorded (in-process, labelled by the simulator) for the second round,
+    besides the ROS episodes."""
+    improve_steps: int = 3000
+    """Gradient steps of the second training round."""
+    improve_minutes: float = 3.0
+    """Wall-time limit of the second training round."""
+
+
+DEFAULT = Recipe()
