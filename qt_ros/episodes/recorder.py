@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from qt_ros.episodes.bag_metadata import BagError, encode_custom_data, update_custom_data
-from qt_ros.episodes.bag_writer import BagWriter
+from qt_ros.episodes.bag_writer import BagWriter, qos_profile
 from qt_ros.episodes.catalog import (
     OUTCOMES,
     CatalogError,
@@ -61,6 +61,7 @@ class _Topic:
     msgdef: str | None
     rihs01: str | None
     latched: bool
+    qos: Any = None  # the subscription's profile (rosbags Qos), which the bag records
 
 
 @dataclass
@@ -101,15 +102,20 @@ class EpisodeRecorder:
         self._latched: dict[str, bytes] = {}
         self._active: _Active | None = None
         self._lock = threading.Lock()
-        self.add_topic(config.events_topic, EPISODE_EVENT, role="episode_events")
+        self.add_topic(config.events_topic, EPISODE_EVENT, role="episode_events",
+                       qos=qos_profile(reliable=True, latched=True, depth=10))
 
     # -- set-up -------------------------------------------------------------------------------
 
     def add_topic(self, topic: str, msgtype: str, *, role: str = "", msgdef: str | None = None,
-                  rihs01: str | None = None, latched: bool = False) -> None:
+                  rihs01: str | None = None, latched: bool = False, qos: Any = None) -> None:
         """Declare a recorded topic. ``latched`` topics (e.g. a transient-local instruction) keep
-        their last message, which is written at the start of every episode."""
-        self._topics[topic] = _Topic(topic, msgtype, role, msgdef, rihs01, latched)
+        their last message, which is written at the start of every episode. ``qos`` (a rosbags
+        ``Qos``, see ``bag_writer.offered_qos``) goes into the bag for ``ros2 bag play``; a latched
+        topic without one is recorded as reliable + transient local."""
+        if qos is None and latched:
+            qos = qos_profile(reliable=True, latched=True)
+        self._topics[topic] = _Topic(topic, msgtype, role, msgdef, rihs01, latched, qos)
 
     def recover(self) -> list[str]:
         """Mark episodes a previous recorder left ``recording`` as ``incomplete``."""
@@ -161,7 +167,7 @@ class EpisodeRecorder:
                             compression=self.config.compression,
                             flush_period=self.config.flush_period, fsync=self.config.fsync)
             for t in self._topics.values():
-                bag.add_topic(t.topic, t.msgtype, msgdef=t.msgdef, rihs01=t.rihs01)
+                bag.add_topic(t.topic, t.msgtype, msgdef=t.msgdef, rihs01=t.rihs01, qos=t.qos)
         except (BagError, OSError) as exc:
             raise RecorderError(f"cannot create the episode bag: {exc}") from exc
         record = {

@@ -25,6 +25,7 @@ from rclpy.serialization import deserialize_message
 from rosbags.typesys import get_types_from_msg
 from std_msgs.msg import String
 
+from qt_ros.episodes.bag_writer import offered_qos
 from qt_ros.episodes.recorder import EpisodeRecorder, RecorderError, event_fields
 from qt_ros.episodes.recorder_config import NOT_PARAMETERS, RecorderNodeConfig
 from qt_ros.msg import EpisodeEvent, PolicyStep
@@ -97,7 +98,7 @@ class RecorderNode(Node):
         if msgtype not in self.recorder.typestore.fielddefs:
             msgdef, rihs01 = _definition_from_class(self.recorder.typestore, cls, msgtype)
         self.recorder.add_topic(name, msgtype, role=role, msgdef=msgdef, rihs01=rihs01,
-                                latched=qos == "latched")
+                                latched=qos == "latched", qos=offered_qos(profile))
         if role == "instruction":
             self._instruction_topic = name
         if role == "policy_step":
