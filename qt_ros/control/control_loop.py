@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -88,6 +88,7 @@ class ControlStats:
 
     frames_received: int = 0
     frames_dropped: int = 0
+    frames_rejected: Counter = field(default_factory=Counter)  # reason -> malformed frames
     steps: int = 0
     holds: int = 0
     missed_deadlines: int = 0
@@ -105,6 +106,12 @@ class ControlStats:
                 f"deadlines, {self.frames_dropped}/{self.frames_received} frames dropped; "
                 f"image-to-command latency p50 {np.percentile(lat, 50):.1f} ms, "
                 f"p99 {np.percentile(lat, 99):.1f} ms")
+
+    def rejections(self) -> str | None:
+        """One log line of the malformed frames dropped, per reason (None when none were)."""
+        reasons = ", ".join(f"{k} {n}" for k, n in sorted(self.frames_rejected.items()))
+        return (f"rejected {self.frames_rejected.total()} of {self.frames_received} frames "
+                f"received: {reasons}") if reasons else None
 
 
 @dataclass(frozen=True)
@@ -207,12 +214,15 @@ class ControlLoop:
         self._fresh.mark("image", received)
         return self._run_pending()
 
-    def on_bad_frame(self, error: str, transport: float | None = None) -> None:
-        """A frame that could not be used: counted, and a throttled warning."""
+    def on_bad_frame(self, error: str, transport: float | None = None,
+                     reason: str = "invalid") -> None:
+        """A malformed frame: counted under ``reason``, a throttled warning; it does not count
+        as an image for staleness, so only malformed frames end in a hold as no frames do."""
         if not self.active:
             return
         self._count_frame(transport)
         self.stats.frames_dropped += 1
+        self.stats.frames_rejected[reason] += 1
         self.warn_throttled("image", f"dropped a malformed frame: {error}")
 
     def on_instruction(self, text: str) -> None:

@@ -8,11 +8,21 @@ Shapes: colour encodings give ``H x W x C`` arrays, single-channel encodings ``H
 Rows may be padded (``step > width * channels * itemsize``); multi-byte data honours
 ``is_bigendian``. Anything inconsistent raises :class:`ImageConversionError` naming the
 encoding, the sizes and the topic.
+
+A malformed frame (docs/design.md 5, "Malformed frames") is rejected, never repaired: an
+unknown encoding, sizes that disagree with the data, a float frame with a NaN, an infinity or a
+value outside [0, 1], a compressed stream that is not JPEG or PNG, lacks its end marker, or makes
+the decoder fail or warn. libjpeg and libpng print their warnings to file descriptor 2 with no
+API to catch them, so the decoder runs with that descriptor redirected (:func:`_decode`): its
+messages become the error's text instead of stray lines on the terminal.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+import threading
 from typing import Any
 
 import cv2
@@ -32,11 +42,21 @@ ENCODINGS: dict[str, tuple[np.dtype, int]] = {
     "32FC1": (np.dtype(np.float32), 1),
 }
 COMPRESSED_FORMATS = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png"}
+# Why a frame was rejected (ImageConversionError.reason), for the policy node's statistics.
+REASONS = ("encoding", "size", "nan", "infinite", "range", "format", "truncated", "corrupt")
 _HOST_BIG_ENDIAN = sys.byteorder == "big"
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8\xff", b"\xff\xd9"
+_PNG_SIGNATURE, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 
 
 class ImageConversionError(ValueError):
-    """An image message that cannot be converted: the text says what, where and the sizes."""
+    """An image message that cannot be converted: the text says what, where and the sizes;
+    ``reason`` is one of :data:`REASONS` (or a caller's own key, e.g. the node's
+    ``resolution``)."""
+
+    def __init__(self, message: str, reason: str = "invalid"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def _where(topic: str) -> str:
@@ -52,7 +72,7 @@ def image_to_numpy(msg: Any, topic: str = "") -> np.ndarray:
     if encoding not in ENCODINGS:
         raise ImageConversionError(
             f"unsupported image encoding '{encoding}'{_where(topic)}; supported: "
-            f"{', '.join(ENCODINGS)}")
+            f"{', '.join(ENCODINGS)}", "encoding")
     dtype, channels = ENCODINGS[encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     row_bytes = width * channels * dtype.itemsize
@@ -60,12 +80,12 @@ def image_to_numpy(msg: Any, topic: str = "") -> np.ndarray:
     size = len(data)
     if height <= 0 or width <= 0:
         raise ImageConversionError(
-            f"empty {encoding} image{_where(topic)}: width={width}, height={height}")
+            f"empty {encoding} image{_where(topic)}: width={width}, height={height}", "size")
     if step < row_bytes or size != step * height:
         raise ImageConversionError(
             f"{encoding} image{_where(topic)} has inconsistent sizes: width={width}, "
             f"height={height}, step={step} (needs step >= {row_bytes} and "
-            f"len(data) == step * height = {step * height}), len(data)={size}")
+            f"len(data) == step * height = {step * height}), len(data)={size}", "size")
     buf = np.frombuffer(_as_bytes(data), dtype=np.uint8).reshape(height, step)
     rows = buf[:, :row_bytes]
     big_endian = bool(msg.is_bigendian)
@@ -103,17 +123,76 @@ def numpy_to_image(array: np.ndarray, encoding: str, msg_type: type, header: Any
 
 
 def compressed_to_numpy(msg: Any, topic: str = "") -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (jpeg or png) -> ``H x W x 3`` uint8 RGB."""
+    """``sensor_msgs/CompressedImage`` (jpeg or png) -> ``H x W x 3`` uint8 RGB.
+
+    The stream must start with the JPEG or PNG signature (``format`` is not trusted: drivers
+    write "jpeg", "rgb8; jpeg compressed bgr8", ...), end with its end marker (zero padding
+    after it is allowed) and decode without a single decoder warning.
+    """
     fmt = str(msg.format)
-    data = np.frombuffer(_as_bytes(msg.data), dtype=np.uint8)
-    if data.size == 0:
-        raise ImageConversionError(f"empty compressed image ('{fmt}'){_where(topic)}")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
+    data = bytes(_as_bytes(msg.data))
+    problem = _stream_problem(data)
+    if problem is None:
+        image, report = _decode(np.frombuffer(data, dtype=np.uint8))
+        if image is None or report:
+            problem = ("corrupt", f"the decoder reported '{report}'" if report
+                       else "the decoder failed (corrupt or not jpeg/png)")
+    if problem is not None:
+        reason, why = problem
         raise ImageConversionError(
-            f"could not decode compressed image{_where(topic)}: format '{fmt}', "
-            f"{data.size} bytes (corrupt or not jpeg/png)")
+            f"could not decode compressed image{_where(topic)}: {why}; format '{fmt}', "
+            f"{len(data)} bytes", reason)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _stream_problem(data: bytes) -> tuple[str, str] | None:
+    """(reason, why) when ``data`` is not a complete JPEG or PNG stream, else None."""
+    if not data:
+        return "truncated", "empty data"
+    end = data.rstrip(b"\x00")
+    if data.startswith(_JPEG_SOI):
+        if not end.endswith(_JPEG_EOI):
+            return "truncated", "truncated JPEG (no end-of-image marker FF D9 at the end)"
+    elif data.startswith(_PNG_SIGNATURE):
+        if not end.endswith(_PNG_IEND):
+            return "truncated", "truncated PNG (no IEND chunk at the end)"
+    else:
+        return "format", f"not a JPEG or PNG stream (starts with {data[:4].hex(' ')})"
+    return None
+
+
+_decoder_lock = threading.Lock()
+_capture: tuple[int, Any] | None = None  # (pid, file) the decoder's messages are written to
+
+
+def _decode(data: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """``cv2.imdecode`` (BGR) and the first line the decoder printed ('' when none).
+
+    libjpeg prints the first warning of an image ("Corrupt JPEG data: ...", "Premature end of
+    JPEG file") to descriptor 2 and returns the image anyway; with the descriptor pointed at a
+    file during the call, that line rejects the frame instead of reaching the terminal. The
+    redirection is process-wide: anything another thread writes in that window (a millisecond
+    or so) is taken for the decoder's and rejects the frame, never the other way round.
+    """
+    global _capture
+    with _decoder_lock:
+        if _capture is None or _capture[0] != os.getpid():  # not shared with a forked parent
+            _capture = (os.getpid(), tempfile.TemporaryFile())
+        capture = _capture[1]
+        capture.seek(0)
+        capture.truncate()
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(capture.fileno(), 2)
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        lines = capture.read(4096).decode(errors="replace").strip().splitlines()
+    return image, lines[0].strip() if lines else ""
 
 
 def numpy_to_compressed(array_rgb: np.ndarray, fmt: str, msg_type: type, header: Any = None,
@@ -142,8 +221,10 @@ def numpy_to_compressed(array_rgb: np.ndarray, fmt: str, msg_type: type, header:
 def to_rgb8(msg: Any, topic: str = "") -> np.ndarray:
     """Any ``Image`` or ``CompressedImage`` -> ``H x W x 3`` uint8 RGB, the model's input.
 
-    Mono and depth images are scaled to 8 bits and replicated to three channels (16-bit by
-    >> 8, float by clipping [0, 1]); alpha is dropped.
+    Mono images are scaled to 8 bits and replicated to three channels (16-bit by >> 8, float
+    intensities in [0, 1] by x 255); alpha is dropped. A float frame with a NaN, an infinity or
+    a value outside [0, 1] (a depth image in metres, say) is rejected, not clipped: the model
+    would act on a picture that is not the scene.
     """
     if hasattr(msg, "format") and not hasattr(msg, "encoding"):
         return compressed_to_numpy(msg, topic)
@@ -160,8 +241,25 @@ def to_rgb8(msg: Any, topic: str = "") -> np.ndarray:
     if a.dtype == np.uint16:
         a = (a >> 8).astype(np.uint8)
     elif a.dtype == np.float32:
-        a = (np.nan_to_num(np.clip(a, 0.0, 1.0)) * 255).astype(np.uint8)
+        a = (_unit_intensities(a, f"{encoding} image{_where(topic)}") * 255).astype(np.uint8)
     return np.repeat(a[..., None], 3, axis=2)
+
+
+def _unit_intensities(a: np.ndarray, what: str) -> np.ndarray:
+    """``a`` when every value is finite and in [0, 1]; else ImageConversionError."""
+    finite = np.isfinite(a)
+    if not finite.all():
+        nan = int(np.isnan(a).sum())
+        infinite = a.size - int(finite.sum()) - nan
+        raise ImageConversionError(
+            f"{what} has {nan} NaN and {infinite} infinite values (of {a.size}): a frame must "
+            f"be finite", "nan" if nan else "infinite")
+    low, high = float(a.min()), float(a.max())
+    if low < 0.0 or high > 1.0:
+        raise ImageConversionError(
+            f"{what} has values in [{low:g}, {high:g}]: a float frame must be intensities in "
+            f"[0, 1] (depth in metres is not a camera frame)", "range")
+    return a
 
 
 def resize_frame(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -156,10 +156,13 @@ class PolicyNode(LifecycleNode):
             self._output.wait_for_acks(0.5)
 
     def log_stats(self) -> None:
-        """Log the loop's step count, holds, missed deadlines and latency percentiles."""
-        summary = self.loop.stats.summary() if self.loop is not None else None
-        if summary:
-            self.get_logger().info(summary)
+        """Log the loop's step count, holds, missed deadlines and latency percentiles, and the
+        malformed frames rejected per reason."""
+        if self.loop is None:
+            return
+        for line in (self.loop.stats.summary(), self.loop.stats.rejections()):
+            if line:
+                self.get_logger().info(line)
 
     def _stop_timers(self) -> None:
         for timer in self._control_timers:
@@ -196,7 +199,7 @@ class PolicyNode(LifecycleNode):
         try:
             rgb = self._rgb(msg)
         except (ImageConversionError, ValueError, cv2.error) as e:
-            self.loop.on_bad_frame(str(e), transport)
+            self.loop.on_bad_frame(str(e), transport, getattr(e, "reason", "invalid"))
             return
         if self.loop.on_frame(rgb, msg.header, received, transport, stamp=_ns(stamp)):
             self._wait_timer.cancel()  # the step ran: no frame wait in this period
@@ -207,7 +210,8 @@ class PolicyNode(LifecycleNode):
         if (h and rgb.shape[0] != h) or (w and rgb.shape[1] != w):
             raise ImageConversionError(
                 f"frame on topic '{self._image_topic}' is {rgb.shape[1]}x{rgb.shape[0]}, "
-                f"expected {w or 'any'}x{h or 'any'} (parameters image_width/image_height)")
+                f"expected {w or 'any'}x{h or 'any'} (parameters image_width/image_height)",
+                "resolution")
         return rgb
 
     def _on_instruction(self, msg: String) -> None:

@@ -491,6 +491,34 @@ def test_malformed_frames_are_counted_and_warned_about_once_per_5_s():
     assert rig.loop.stats.frames_dropped == 4 and rig.loop.stats.frames_received == 5
 
 
+
+def test_malformed_frames_are_counted_per_reason_for_the_statistics_line():
+    rig = Rig().ready()
+    assert rig.loop.stats.rejections() is None
+    for reason in ["nan", "corrupt", "nan", "resolution"]:
+        rig.loop.on_bad_frame("bad", reason=reason)
+    assert rig.loop.stats.frames_rejected == {"nan": 2, "corrupt": 1, "resolution": 1}
+    assert rig.loop.stats.rejections() == ("rejected 4 of 5 frames received: corrupt 1, nan 2, "
+                                           "resolution 1")
+
+
+@pytest.mark.parametrize("feed", ["nothing", "malformed frames"])
+def test_only_malformed_frames_hold_once_exactly_as_no_frames(feed):
+    rig = Rig(image_timeout=0.5).ready()
+    for _ in range(3):
+        rig.period()
+    assert rig.output.kinds().count("command") == 3
+    rig.output.clear()
+    for _ in range(20):  # 2 s of malformed frames (or none) at 30 Hz
+        rig.period(frame_delay=None)
+        if feed != "nothing":
+            for _ in range(3):
+                rig.loop.on_bad_frame("frame has 64 NaN values", reason="nan")
+    kinds = rig.output.kinds()
+    assert kinds.count("hold") == 1 and "command" not in kinds and len(rig.policy.frames) == 3
+    assert "holding: no image for more than 0.5 s" in rig.output.texts("warning")
+
+
 def test_absolute_position_targets_rate_limit_from_the_measured_position():
     rig = Rig(arm_adapter="float64_array", arm_action="absolute", joint_names=list("abcdef"),
               state_source="joint_states", lower_limits=[-1] * 6 + [0], upper_limits=[1] * 7,

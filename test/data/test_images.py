@@ -153,3 +153,110 @@ def test_building_a_message_checks_shape_and_dtype():
     _raises("dtype float64", numpy_to_image, np.zeros((4, 4)), "32FC1", Image)
     _raises("unsupported compressed format 'bmp'", numpy_to_compressed,
             np.zeros((4, 4, 3), np.uint8), "bmp", CompressedImage)
+
+
+# ------------------------------------------------------------------ malformed frames are rejected
+
+def _float_frame(values: np.ndarray) -> Image:
+    return numpy_to_image(values.astype(np.float32), "32FC1", Image)
+
+
+def test_float_intensities_in_0_1_become_8_bit_grey():
+    values = np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)
+    out = to_rgb8(_float_frame(values))
+    assert out.shape == (2, 2, 3) and (out[..., 0] == [[0, 127], [255, 63]]).all()
+
+
+@pytest.mark.parametrize("value, reason, match", [
+    (np.nan, "nan", "1 NaN and 0 infinite values"),
+    (np.inf, "infinite", "0 NaN and 1 infinite values"),
+    (-np.inf, "infinite", "0 NaN and 1 infinite values"),
+    (1.5, "range", r"values in \[0, 1.5\]"),
+    (-0.01, "range", r"values in \[-0.01, 0.9"),
+])
+def test_a_float_frame_with_one_non_finite_or_out_of_range_value_is_rejected(value, reason, match):
+    values = np.linspace(0.0, 0.99, 12, dtype=np.float32).reshape(3, 4)
+    values[1, 2] = value
+    with pytest.raises(ImageConversionError, match=match) as info:
+        to_rgb8(_float_frame(values), topic="/camera/depth")
+    assert info.value.reason == reason and "/camera/depth" in str(info.value)
+
+
+def test_an_all_nan_frame_is_rejected_not_turned_black():
+    with pytest.raises(ImageConversionError, match="12 NaN") as info:
+        to_rgb8(_float_frame(np.full((3, 4), np.nan)))
+    assert info.value.reason == "nan"
+
+
+def _stream(fmt: str) -> bytes:
+    yy, xx = np.mgrid[0:48, 0:64]
+    rgb = np.dstack([xx * 4, yy * 5, (xx + yy) * 2]).astype(np.uint8)
+    return bytes(numpy_to_compressed(rgb, fmt, CompressedImage).data)
+
+
+def _compressed(data: bytes, fmt: str = "jpeg") -> CompressedImage:
+    msg = CompressedImage()
+    msg.format, msg.data = fmt, data
+    return msg
+
+
+def _overwritten(data: bytes, start: int, length: int, seed: int = 0) -> bytes:
+    noise = np.random.default_rng(seed).integers(0, 256, length).astype(np.uint8).tobytes()
+    return data[:start] + noise + data[start + length:]
+
+
+JPEG, PNG = _stream("jpeg"), _stream("png")
+SCAN = JPEG.index(b"\xff\xda") + 50  # inside the entropy-coded data
+MALFORMED_STREAMS = {  # name -> (data, reason, words of the message)
+    "jpeg cut short": (JPEG[:len(JPEG) // 2], "truncated", "no end-of-image marker"),
+    "jpeg scan cut short, end marker kept": (JPEG[:-102] + JPEG[-2:], "corrupt",
+                                             "Corrupt JPEG data: premature end of data segment"),
+    "jpeg headers only, end marker kept": (JPEG[:SCAN - 50] + JPEG[-2:], "corrupt",
+                                           "the decoder failed"),
+    "jpeg scan overwritten": (_overwritten(JPEG, SCAN, 64), "corrupt", "Corrupt JPEG data"),
+    "jpeg header only": (JPEG[:20], "truncated", "no end-of-image marker"),
+    "png cut short": (PNG[:len(PNG) // 2], "truncated", "no IEND chunk"),
+    "png byte changed": (_overwritten(PNG, len(PNG) // 2, 1), "corrupt", "libpng"),
+    "not an image": (b"hello world" * 8, "format", "not a JPEG or PNG stream"),
+    "empty": (b"", "truncated", "empty"),
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED_STREAMS)
+def test_a_malformed_compressed_stream_is_rejected_and_the_decoder_prints_nothing(name, capfd):
+    data, reason, words = MALFORMED_STREAMS[name]
+    with pytest.raises(ImageConversionError, match="could not decode compressed image") as info:
+        compressed_to_numpy(_compressed(data), topic="/cam/image/compressed")
+    text = str(info.value)
+    assert info.value.reason == reason and words in text, text
+    assert "/cam/image/compressed" in text and f"{len(data)} bytes" in text
+    assert capfd.readouterr().err == ""  # libjpeg's and libpng's warnings are in the error
+
+
+def test_plain_opencv_prints_the_warning_the_check_turns_into_an_error(capfd):
+    # The control for the test above: the same bytes through cv2.imdecode reach the terminal
+    # and decode "successfully" (the frame the policy used to act on).
+    import cv2
+
+    data, _, _ = MALFORMED_STREAMS["jpeg scan overwritten"]
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
+    assert "Corrupt JPEG data" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_valid_streams_with_zero_padding_or_a_driver_format_string_are_accepted(fmt, capfd):
+    data = JPEG if fmt == "jpeg" else PNG
+    plain = compressed_to_numpy(_compressed(data, fmt))
+    padded = compressed_to_numpy(_compressed(data + bytes(16), "rgb8; jpeg compressed bgr8"))
+    np.testing.assert_array_equal(plain, padded)
+    assert capfd.readouterr().err == ""
+
+
+def test_the_decoder_capture_leaves_stderr_working(capfd):
+    import sys
+
+    compressed_to_numpy(_compressed(JPEG))
+    with pytest.raises(ImageConversionError):
+        compressed_to_numpy(_compressed(MALFORMED_STREAMS["jpeg scan overwritten"][0]))
+    print("still here", file=sys.stderr)
+    assert capfd.readouterr().err == "still here\n"
