@@ -7,6 +7,10 @@ group and again from launch), and rclpy's default handlers turn the second one i
 So rclpy's handlers are off and a signal only sets a flag; the spin loop checks it between
 callbacks (bounded waits, so an idle node notices too), and the shutdown work (``teardown``) runs
 once, outside any callback, with further signals ignored.
+
+``--help`` or ``-h`` (before ``--ros-args``) prints the node's parameters with their defaults
+and descriptions and exits 0: no ROS, no node, nothing created (a recorder would otherwise
+make its ``record_dir``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
+from qt_ros.nodes.node_parameters import parameters_help
+
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -30,7 +36,14 @@ def run_node(make_node: Callable[[], Node], *, name: str,
              errors: tuple[type[BaseException], ...] = (ValueError,),
              args: list[str] | None = None) -> int:
     """Build the node, ``setup`` it, spin until a signal or ROS shutdown, ``teardown``, return
-    the exit status (2 with a one-line message when construction raises one of ``errors``)."""
+    the exit status (2 with a one-line message when construction raises one of ``errors``).
+    ``name``: the executable (``policy_node``); ``args``: the command line, ``sys.argv`` if
+    None."""
+    if wants_help(sys.argv if args is None else args):
+        module = sys.modules.get(getattr(make_node, "__module__", ""))
+        summary = ((module.__doc__ or "").strip().splitlines() or [""])[0] if module else ""
+        print(parameters_help(name, summary))
+        return 0
     stop = threading.Event()
 
     def on_signal(signum, frame) -> None:
@@ -63,3 +76,9 @@ def run_node(make_node: Callable[[], Node], *, name: str,
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def wants_help(argv: list[str]) -> bool:
+    """Whether the command line asks for help: ``-h`` / ``--help`` before ``--ros-args``."""
+    ours = argv[:argv.index("--ros-args")] if "--ros-args" in argv else argv
+    return any(arg in ("-h", "--help") for arg in ours)
