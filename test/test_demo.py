@@ -1,4 +1,5 @@
-"""``python -m qt_ros.demo`` (``make demo``): the whole loop with tiny counts, real processes."""
+"""``python -m qt_ros.demo`` (``make demo``): options from the recipe, the summary, and the
+whole loop with tiny counts through real ROS 2 processes."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from qt_ros.data.dataset_reader import DatasetStore
+from qt_ros.demo.__main__ import check_recipe
+from qt_ros.demo.demo_summary import plot_summary, rate_text, success, summary_markdown
+from qt_ros.demo.recipe import DEFAULT
 
 from conftest import REPO
 
 
-def run_demo(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_demo(env: dict[str, str], *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "qt_ros.demo", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -24,32 +29,102 @@ def test_bad_options_are_refused_before_anything_starts(ros_env, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_the_options_default_to_the_recipe(ros_env):
+    result = run_demo(ros_env, "--help", timeout=60)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for option, value in (("--demos", DEFAULT.demos), ("--train-steps", DEFAULT.train_steps),
+                          ("--ros-episodes", DEFAULT.ros_episodes),
+                          ("--eval-episodes", DEFAULT.eval_episodes)):
+        assert option in text and f"(default: {value})" in text
+    assert check_recipe(DEFAULT) == ""  # the shipped recipe passes the demo's own checks
+
+
+def _synthetic_summary() -> dict:
+    metrics = [{"step": s, "loss": 1.0 / s, "td_loss": 0.5 / s, "q_taken": 0.1 * s / 100,
+                "target": 0.12 * s / 100} for s in range(50, 1001, 50)]
+    rows = [{"episode_id": f"e{k}", "outcome": "success" if k % 4 else "failure",
+             "ended_by": "terminate", "seconds": 3.0, "steps": 30} for k in range(30)]
+    return {
+        "task": "lift",
+        "recipe": {**{k: getattr(DEFAULT, k) for k in ("preset", "batch_size", "lr")},
+                   "train_args": ("--alpha", "1.0")},
+        "collected": {"demo": {"episodes": 200, "successes": 198}},
+        "dataset": {"episodes": 230, "steps": 7000, "image_size": [64, 64],
+                    "by_source": {"demonstration": 200, "autonomous": 30}},
+        "ros": {**success(rows), "ended_by_terminate": 30, "rows": rows},
+        "appended": 30,
+        "eval": {"round1": {**success(81, 100), "seeds": [100000, 100099]},
+                 "round2": {**success(88, 100), "seeds": [100000, 100099]}},
+        "training": {"round1": {"steps": 1000, "final_loss": 0.001, "metrics": metrics},
+                     "round2": {"steps": 300, "final_loss": 0.002, "metrics": metrics[:6]}},
+        "comparison": None,
+        "seconds": {"collect": 70.0, "train": 720.0, "total": 1500.0},
+        "paths": {k: f"/runs/x/{k}" for k in ("out", "episodes", "dataset", "checkpoint",
+                                               "policy_episodes", "checkpoint_round2")},
+    }
+
+
+def test_success_rates_come_with_their_wilson_interval():
+    r = success(24, 30)
+    assert r["success_rate"] == 0.8 and r["wilson_95"] == [0.6269, 0.9049]
+    assert rate_text(r) == "24/30 = 80 % (95 % interval 63-90 %)"
+    assert rate_text(success(0, 0)) == "not run"
+
+
+def test_summary_markdown_reports_ros_and_both_rounds_with_intervals():
+    text = summary_markdown(_synthetic_summary())
+    assert "| Q-Transformer through ROS" in text and "22/30 = 73 % (95 % interval" in text
+    assert "81/100 = 81 % (95 % interval 72-87 %)" in text
+    assert "88/100 = 88 % (95 % interval" in text
+    assert "Second round: +7 points on the same seeds." in text
+    assert "| train | 720 |" in text  # phase times
+    assert "`--alpha 1.0`" in text  # the recipe's extra training options
+
+
+def test_summary_png_has_rates_curves_and_frame_strips(tmp_path):
+    s = _synthetic_summary()
+    frames = [np.full((64, 64, 3), 10 * k, dtype=np.uint8) for k in range(20)]
+    png = plot_summary(s, tmp_path / "summary.png", {"ROS success": frames,
+                                                     "ROS failure": frames[:7]})
+    bare = plot_summary(s, tmp_path / "bare.png")
+    assert png.stat().st_size > 30_000
+    from PIL import Image
+
+    assert Image.open(png).size[1] > Image.open(bare).size[1]  # the strips are there
+
+
 @pytest.mark.slow
 @pytest.mark.ros
-def test_demo_runs_the_closed_loop_with_tiny_counts(ros_env, tmp_path):
+def test_demo_runs_the_whole_loop_with_tiny_counts(ros_env, tmp_path):
     out = tmp_path / "run"
-    result = run_demo(ros_env, "--demos", "2", "--episodes", "1", "--train-steps", "10",
-                      "--train-minutes", "1", "--encoder", "hash", "--max-steps", "10",
-                      "--failure-rate", "0", "--out", str(out),
+    result = run_demo(ros_env, "--demos", "3", "--ros-episodes", "2", "--eval-episodes", "2",
+                      "--train-steps", "10", "--improve-steps", "5", "--encoder", "hash",
+                      "--max-steps", "8", "--out", str(out),
                       "--domain-id", ros_env["ROS_DOMAIN_ID"])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    for phase in ("1/6 demonstrations", "3/6 train", "4/6 policy episodes", "6/6 summary"):
-        assert phase in result.stdout
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["demonstrations"]["episodes"] == 2
-    assert summary["demonstrations"]["successes"] == 2  # no scripted mistakes asked for
-    assert summary["policy"]["episodes"] == 1
-    assert summary["training"]["steps"] == 10
-    for row in summary["episodes"]["demonstration"] + summary["episodes"]["policy"]:
-        assert row["outcome"] in ("success", "failure")  # labelled by the success detector
-    assert (out / "checkpoint" / "model.safetensors").is_file()
-    assert (out / "summary.png").stat().st_size > 10_000
-    assert "policy after training" in (out / "summary.txt").read_text()
-    # the demonstrations and the policy's episode, converted into one dataset
+    for phase in ("collect", "convert", "train", "policy through ROS", "append policy "
+                  "episodes", "evaluate", "train round 2", "evaluate round 2", "summary"):
+        assert f"/9 {phase}\n" in result.stdout
+    assert "Q-T success through ROS:" in result.stdout and "95 % interval" in result.stdout
+    s = json.loads((out / "summary.json").read_text())
+    # the policy through ROS: two episodes, each a bag labelled by the simulator
+    assert s["ros"]["episodes"] == 2 and len(s["ros"]["wilson_95"]) == 2
+    assert all(r["outcome"] in ("success", "failure") for r in s["ros"]["rows"])
+    assert all(1 <= r["steps"] <= 9 for r in s["ros"]["rows"])  # the step budget, not a clock
+    catalog = json.loads((out / "policy_episodes" / "catalog.json").read_text())["episodes"]
+    assert len(catalog) == 2
+    assert all(e["source"] == "autonomous" and e["labels"] for e in catalog.values())
+    # ... appended to the dataset of the collected demonstrations
     store = DatasetStore(out / "dataset")
-    assert sorted(e["source"] for e in store.episodes) == ["autonomous", "demonstration",
-                                                           "demonstration"]
-    assert store.state_dim == 5 and store.image_size == (64, 64)
-    catalog = json.loads((out / "demonstrations" / "catalog.json").read_text())["episodes"]
-    assert all(e["outcome"] == "success" and e["source"] == "demonstration"
-               for e in catalog.values())
+    assert sorted(e["source"] for e in store.episodes) == ["autonomous"] * 2 + [
+        "demonstration"] * 3
+    assert store.image_size == (64, 64)
+    # the second round started from the first checkpoint; both measured on the same seeds
+    assert s["training"]["round1"]["steps"] == 10 and s["training"]["round2"]["steps"] == 5
+    assert s["eval"]["round1"]["seeds"] == s["eval"]["round2"]["seeds"]
+    assert min(s["eval"]["round1"]["seeds"]) >= 100_000  # not the data's scenes
+    assert s["appended"] == 2
+    assert "95 % interval" in (out / "summary.md").read_text()
+    assert (out / "summary.png").stat().st_size > 20_000
+    assert (out / "policy_episode.gif").stat().st_size > 1_000

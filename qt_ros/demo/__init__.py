@@ -1,23 +1,25 @@
-"""``make demo`` (``python -m qt_ros.demo``): the closed data loop on the simulated robot.
+"""``make demo`` (``python -m qt_ros.demo``): a Q-Transformer policy learned from scratch and run
+through ROS 2 on the simulated robot.
 
-Everything runs as real ROS 2 processes on this machine, no GPU needed:
+The settings are the recipe, :mod:`qt_ros.demo.recipe` (every option's default). No GPU needed:
 
-1. demonstrations: the simulated robot (``sim_robot_node``, MuJoCo offscreen), the recorder and
-   the scripted demonstrator; ``--demos`` episodes, each recorded as one bag, ended by the
-   demonstrator and labelled success/failure by the simulator's success detector;
-2. ``qt-ros convert``: the demonstration bags -> a dataset (a topic mapping reads the twist and
-   gripper commands, as for teleoperated demonstrations);
-3. ``qt-ros train``: a small Q-Transformer, for ``--train-minutes``;
-4. policy episodes: the simulator, the recorder and the policy node with the new checkpoint;
-   ``--episodes`` autonomous episodes on scenes not seen in the demonstrations, labelled the same
-   way;
-5. ``qt-ros convert`` again: the policy's episodes are appended to the dataset (the next
-   ``qt-ros train --init`` learns from its own successes and failures);
-6. a summary: ``summary.txt``, ``summary.json`` and ``summary.png`` in the output directory.
+1. collect: ``qt-ros sim collect`` records the scripted demonstrator on the simulated robot
+   in-process into the bags the ROS nodes write (two workers), labelled by the success detector;
+2. convert: ``qt-ros convert`` turns the bags into a dataset;
+3. train: ``qt-ros train`` with the recipe;
+4. policy through ROS: the simulated robot (``sim_robot_node``), the policy node with the new
+   checkpoint and the recorder, real ROS 2 processes in lockstep, on scenes not in the data;
+   every episode recorded as a bag and labelled by the simulator;
+5. append: ``qt-ros convert`` adds the policy's episodes to the dataset;
+6. evaluate: ``qt-ros eval`` (in-process, the policy node's acting code) on unseen seeds;
+7. second round (``--improve``, on by default): ``qt-ros train --init`` on from the first
+   checkpoint with the policy's own episodes in the data, then ``qt-ros eval`` on the same seeds;
+8. with ``--full``: the comparison table (Q-T, BC, ablations: ``qt-ros compare``);
+9. summary: ``summary.md``, ``summary.png``, ``summary.json`` and ``policy_episode.gif`` in the
+   output directory; the success rate through ROS with its 95 % interval is printed at the end.
 
-The exit status is 0 when the whole loop ran, whatever the policy's success rate: a few minutes
-of CPU training from a few dozen demonstrations rarely gives a good policy, and the summary says
-what it got.
+Exit status: 0 when every phase ran (whatever the success rate: the summary says it), 1 when a
+phase failed, 2 for bad options or a missing environment, 130 when interrupted.
 """
 
 from __future__ import annotations

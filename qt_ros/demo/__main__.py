@@ -1,9 +1,12 @@
-"""``python -m qt_ros.demo``: the demo's command line (options, checks, exit status); the loop
-itself is :mod:`qt_ros.demo.closed_loop`."""
+"""``python -m qt_ros.demo``: the demo's command line (options, checks, exit status). The options
+take their defaults from :data:`qt_ros.demo.recipe.DEFAULT`; the phases are
+:mod:`qt_ros.demo.closed_loop`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -11,43 +14,57 @@ from pathlib import Path
 from qt_ros import demo as demo_package
 from qt_ros.common.files import shipped_config
 from qt_ros.demo.child_processes import DemoError
-from qt_ros.demo.closed_loop import Demo
+from qt_ros.demo.recipe import DEFAULT, Recipe
+
+# option -> recipe field, for the options that override the recipe
+RECIPE_OPTIONS = {
+    "--task": ("task", str, "lift: pick up the red block; place: put it on the green pad"),
+    "--demos": ("demos", int, "clean demonstrations to collect"),
+    "--replays": ("replays", int, "noisy replays to collect (mostly failures)"),
+    "--demo-noise": ("demo_noise", float, "demonstrator noise of the demonstrations, m/step"),
+    "--image-size": ("image_size", int, "camera and training image size, pixels"),
+    "--preset": ("preset", str, "model size: tiny | small | base"),
+    "--batch-size": ("batch_size", int, "transitions per gradient step"),
+    "--lr": ("lr", float, "learning rate"),
+    "--train-steps": ("train_steps", int, "gradient steps of the first training"),
+    "--train-minutes": ("train_minutes", float, "wall-time limit of the first training"),
+    "--encoder": ("encoder", str, "instruction encoder: minilm | hash"),
+    "--ros-episodes": ("ros_episodes", int, "policy episodes through the ROS nodes"),
+    "--eval-episodes": ("eval_episodes", int, "in-process qt-ros eval episodes, before and "
+                                              "after the second round (0: none)"),
+    "--max-steps": ("max_steps", int, "decisions a policy episode may take"),
+    "--improve-steps": ("improve_steps", int, "gradient steps of the second round"),
+    "--improve-minutes": ("improve_minutes", float, "wall-time limit of the second round"),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's options (counts, training budget, task, output directory, ROS domain)."""
-    parser.add_argument("--demos", type=int, default=30,
-                        help="demonstration episodes to record (default: 30)")
-    parser.add_argument("--episodes", type=int, default=10,
-                        help="policy episodes to run after training (default: 10)")
-    parser.add_argument("--train-minutes", type=float, default=4.0,
-                        help="training wall time (default: 4 minutes)")
-    parser.add_argument("--train-steps", type=int, default=100000,
-                        help="most gradient steps (training usually stops at --train-minutes)")
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"],
-                        help="model size (default: tiny)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    """The demo's options: the recipe's settings (defaults: qt_ros/demo/recipe.py), then where
+    and how it runs."""
+    recipe = parser.add_argument_group("recipe (defaults: qt_ros/demo/recipe.py)")
+    for option, (field, kind, text) in RECIPE_OPTIONS.items():
+        default = getattr(DEFAULT, field)
+        recipe.add_argument(option, type=kind, default=default, dest=field,
+                            help=f"{text} (default: {default})")
+    recipe.add_argument("--train-args", default=shlex.join(map(str, DEFAULT.train_args)),
+                        help="further qt-ros train options, one string (default: "
+                             f"{shlex.join(map(str, DEFAULT.train_args)) or 'none'})")
+    recipe.add_argument("--improve", action=argparse.BooleanOptionalAction,
+                        default=DEFAULT.improve,
+                        help="the second round: train on from the first checkpoint with the "
+                             "policy's own episodes appended, success before and after "
+                             f"(default: {'on' if DEFAULT.improve else 'off'})")
+    parser.add_argument("--full", action="store_true",
+                        help="also the comparison table: Q-T, BC on successes, BC on all, Q-T "
+                             "without conservative term, without MC bound, on a paper-like mix "
+                             "(hours on 2 CPU cores)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="first scene seed of the data (policy episodes through ROS: "
+                             "+10000, evaluations: +100000; all unseen in training)")
     parser.add_argument("--train-threads", type=int, default=1,
-                        help="torch CPU threads for training (default: 1; on a busy 2-core "
-                             "machine 2 threads made a step up to 18x slower; 0: torch's "
-                             "default)")
-    parser.add_argument("--image-size", default="64",
-                        help="training resolution, N or HxW (default: 64)")
-    parser.add_argument("--encoder", default="minilm", choices=["minilm", "hash"],
-                        help="instruction encoder (default: minilm, the pretrained sentence "
-                             "encoder; hash starts faster)")
-    parser.add_argument("--task", default="lift", choices=["lift", "place"],
-                        help="lift: pick up the red block; place: put it on the green pad")
-    parser.add_argument("--max-steps", type=int, default=50,
-                        help="control steps a policy episode may take (default: 50)")
-    parser.add_argument("--control-rate", type=float, default=10.0, help="Hz (default: 10)")
-    parser.add_argument("--noise", type=float, default=0.002,
-                        help="demonstrator noise, m per step (default: 0.002)")
-    parser.add_argument("--failure-rate", type=float, default=0.5,
-                        help="share of demonstrations with a scripted mistake, so that the data "
-                             "holds failures to learn from (default: 0.5)")
-    parser.add_argument("--seed", type=int, default=0, help="first scene seed (policy "
-                        "episodes use seed + 10000: scenes not in the demonstrations)")
+                        help="torch CPU threads for training (default: 1; 0: torch's default)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes of conversion and evaluation (default: 2)")
     parser.add_argument("--out", type=Path,
                         help="output directory (default: demo_runs/<date-time>)")
     parser.add_argument("--domain-id", type=int,
@@ -55,22 +72,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "1..100, so the demo never talks to other ROS graphs)")
 
 
+def recipe_from(args: argparse.Namespace) -> Recipe:
+    """:data:`DEFAULT` with the options given; fields without an option keep the default."""
+    overrides = {field: getattr(args, field) for field, _, _ in RECIPE_OPTIONS.values()}
+    return dataclasses.replace(DEFAULT, **overrides, improve=args.improve,
+                               train_args=tuple(shlex.split(args.train_args)))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the demo; returns the exit status (0 when the whole loop ran, 1 when a phase failed,
-    2 when the environment is missing, 130 when interrupted)."""
-    # the description is the first sentence of the package docstring
+    """Run the demo; returns the exit status (0 when every phase ran, 1 when a phase failed,
+    2 when the options are wrong or the environment is missing, 130 when interrupted)."""
     description = demo_package.__doc__.split("\n\n")[0].split(": ", 1)[1]
     parser = argparse.ArgumentParser(prog="python -m qt_ros.demo", description=description)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    problem = _check_args(args)
+    recipe = recipe_from(args)
+    problem = check_recipe(recipe) or _check_run(args)
     if problem:
         parser.error(problem)
     missing = _check_environment()
     if missing:
         print(f"qt_ros demo: {missing}", file=sys.stderr)
         return 2
-    demo = Demo(args)
+    from qt_ros.demo.closed_loop import Demo
+
+    demo = Demo(recipe, out=args.out, domain_id=args.domain_id, seed=args.seed,
+                train_threads=args.train_threads, full=args.full, workers=args.workers)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return demo.run()
@@ -79,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except DemoError as exc:
         demo.say(f"FAILED: {exc}")
-        demo.say(f"logs of the nodes: {demo.out / 'logs'}")
+        demo.say(f"logs: {demo.out / 'logs'}")
         return 1
     finally:
         demo.procs.stop_all()
@@ -90,17 +117,27 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _check_args(args: argparse.Namespace) -> str:
-    if args.demos < 1 or args.episodes < 0:
-        return "--demos must be >= 1 and --episodes >= 0"
-    if args.train_minutes <= 0 or args.train_steps < 1:
-        return "--train-minutes must be > 0 and --train-steps >= 1"
-    if args.train_threads < 0:
-        return "--train-threads must be >= 0"
-    if args.max_steps < 1 or args.control_rate <= 0:
-        return "--max-steps must be >= 1 and --control-rate > 0"
-    if not 0 <= args.failure_rate <= 1 or args.noise < 0:
-        return "--failure-rate must be in [0, 1] and --noise >= 0"
+def check_recipe(r: Recipe) -> str:
+    """What is wrong with a recipe ("" if nothing), in the words of the options."""
+    if r.task not in ("lift", "place"):
+        return f"--task must be lift or place, got {r.task!r}"
+    if r.demos < 1 or r.replays < 0:
+        return "--demos must be >= 1 and --replays >= 0"
+    if r.train_minutes <= 0 or r.train_steps < 1 or r.batch_size < 1 or r.lr <= 0:
+        return "--train-minutes, --train-steps, --batch-size and --lr must be > 0"
+    if r.ros_episodes < 0 or r.eval_episodes < 0 or r.max_steps < 1:
+        return "--ros-episodes and --eval-episodes must be >= 0, --max-steps >= 1"
+    if r.improve and (r.ros_episodes < 1 or r.improve_steps < 1 or r.improve_minutes <= 0):
+        return ("--improve needs policy episodes to learn from (--ros-episodes >= 1) and "
+                "--improve-steps, --improve-minutes > 0; or --no-improve")
+    if r.image_size < 8 or r.demo_noise < 0:
+        return "--image-size must be >= 8 and --demo-noise >= 0"
+    return ""
+
+
+def _check_run(args: argparse.Namespace) -> str:
+    if args.train_threads < 0 or args.workers < 1:
+        return "--train-threads must be >= 0 and --workers >= 1"
     return ""
 
 
