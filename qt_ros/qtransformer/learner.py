@@ -7,7 +7,8 @@ For a transition (s_t, a_t) with d action dimensions and Q_i = Q(s_t, a_t^{1:i-1
     target_i <- max(target_i, MC_t)              (Monte Carlo lower bound, per transition)
     loss      = mean over batch and dimensions of
                 1/2 (Q_i(a_t^i) - target_i)^2
-                + alpha * mean over untaken bins b of 1/2 (Q_i(b) - q_min)^2
+                + alpha * sum over untaken bins b of 1/2 (Q_i(b) - q_min)^2
+                  (``conservative_reduction="mean"``: the mean over them, the paper's text)
 
 The batch supplies R^(n) (``reward``, the n-step discounted reward sum), gamma^n (``discount``),
 ``done`` (the episode ends within the n steps: nothing to bootstrap) and ``mc_return``; the
@@ -79,16 +80,19 @@ def bellman_targets(q_target_current: torch.Tensor | None, q_target_next_first: 
     return targets
 
 
-# A mean over untaken bins (weight alpha/(K-1) per bin), not a sum: docs/design.md 3.4, 7.2.
+# Sum (weight alpha per untaken bin) or mean (alpha/(K-1) per bin): docs/design.md 3.4.
 def q_transformer_loss(q: torch.Tensor, action_bins: torch.Tensor, targets: torch.Tensor,
                        valid_mask: torch.Tensor, conservative_weight: float = 1.0,
-                       q_min: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       q_min: float = 0.0, reduction: str = "mean"
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, td_loss, conservative_loss), each a mean over batch and dimensions.
 
     Args:
         q: online Q values [B, d, K] (value space, not logits).
         action_bins: the data's bins [B, d]; targets: [B, d] (no gradient flows into them).
         valid_mask: bool [d, K]; q_min: the minimal return, where untaken bins are pulled.
+        reduction: how a dimension's untaken bins are combined, "sum" or "mean". Either way
+            the loss is a mean over batch and dimensions, so it does not grow with the batch.
     """
     q_taken = q.gather(2, action_bins[..., None])[..., 0]                    # [B, d]
     td = 0.5 * (q_taken - targets.detach()).square()
@@ -97,7 +101,9 @@ def q_transformer_loss(q: torch.Tensor, action_bins: torch.Tensor, targets: torc
         bins = torch.arange(q.shape[2], device=q.device)
         untaken = valid_mask[None] & (bins != action_bins[..., None])          # [B, d, K]
         sq = 0.5 * (q - q_min).square() * untaken
-        per_dim = sq.sum(-1) / untaken.sum(-1).clamp(min=1)                     # mean over bins
+        per_dim = sq.sum(-1)
+        if reduction == "mean":
+            per_dim = per_dim / untaken.sum(-1).clamp(min=1)
         conservative_loss = per_dim.mean()
     else:
         conservative_loss = q.new_zeros(())
@@ -183,10 +189,15 @@ class Learner:
                         batch["action_bins"])
         loss, td_loss, cons_loss = q_transformer_loss(
             q, batch["action_bins"], targets, self.model.valid_mask,
-            self.config.conservative_weight, float(self.model.cfg.q_min))
-        q_taken = q.detach().gather(2, batch["action_bins"][..., None])[..., 0]
+            self.config.conservative_weight, float(self.model.cfg.q_min),
+            self.config.conservative_reduction)
+        q_detached = q.detach()
+        q_taken = q_detached.gather(2, batch["action_bins"][..., None])[..., 0]
+        untaken = self.model.valid_mask[None] & (
+            torch.arange(q.shape[2], device=q.device) != batch["action_bins"][..., None])
         metrics = {"loss": loss.detach(), "td_loss": td_loss.detach(),
                    "conservative_loss": cons_loss.detach(), "q_taken": q_taken.mean(),
+                   "q_untaken": (q_detached * untaken).sum() / untaken.sum().clamp(min=1),
                    "target": targets.mean(),
                    "mc_bound_active": (batch["mc_return"][:, None] >= targets).float().mean()}
         return loss, metrics

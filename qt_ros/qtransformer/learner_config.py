@@ -14,6 +14,8 @@ from qt_ros.common.settings import setting
 
 # Training objectives: the Q-Transformer, and behaviour cloning on the same network.
 ALGORITHMS = ("qt", "bc")
+# How the conservative term combines the untaken bins of a dimension.
+REDUCTIONS = ("sum", "mean")
 
 
 @dataclass
@@ -52,6 +54,12 @@ class LearnerConfig:
     conservative_weight: float = setting(
         1.0, "alpha: weight of the regularizer pulling the Q of untaken bins toward q_min "
              "(the paper's ablation: --alpha 0, no conservative term)", flag="--alpha")
+    conservative_reduction: str = setting(
+        "sum", "how the regularizer combines a dimension's untaken bins: sum (weight alpha per "
+               "bin; measured to learn, docs/design.md 3.4) or mean (weight alpha/(K-1) per "
+               "bin, the paper's text: with 256 bins the untaken bins stay near the Q of the "
+               "bins taken elsewhere and the greedy action stops depending on the state)",
+        choices=REDUCTIONS)
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
@@ -61,6 +69,9 @@ class LearnerConfig:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("lr must be > 0; weight_decay and grad_clip >= 0")
+        if self.conservative_reduction not in REDUCTIONS:
+            raise ValueError(f"conservative_reduction must be one of {REDUCTIONS}, got "
+                             f"{self.conservative_reduction!r}")
         if self.conservative_weight < 0:
             raise ValueError(f"conservative_weight must be >= 0, got {self.conservative_weight}")
 

@@ -133,7 +133,9 @@ class QTransformer(nn.Module):
         d, D, Dh = cfg.num_dims, cfg.d_model, cfg.head_width
         if cfg.history > 0:
             self.encoder = FiLMEfficientNet(cfg)
-            self.token_learner = TokenLearner(self.encoder.out_channels, cfg.tokens_per_frame, D)
+            self.token_learner = TokenLearner(
+                self.encoder.out_channels, cfg.tokens_per_frame, D,
+                grid=cfg.feature_grid if cfg.position_embedding else None)
             self.frame_pos = nn.Parameter(torch.zeros(cfg.history, 1, D))
             self.token_pos = nn.Parameter(torch.zeros(1, cfg.tokens_per_frame, D))
             self.frame_blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
@@ -172,6 +174,8 @@ class QTransformer(nn.Module):
         if self.cfg.history > 0:
             nn.init.normal_(self.frame_pos, std=0.02)
             nn.init.normal_(self.token_pos, std=0.02)
+            if self.token_learner.position is not None:
+                nn.init.normal_(self.token_learner.position, std=0.02)
             # FiLM starts as the identity (gamma = beta = 0).
             nn.init.zeros_(self.encoder.film.weight)
         # Residual output projections scaled down with depth (GPT-2).

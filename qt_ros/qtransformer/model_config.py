@@ -28,6 +28,10 @@ class ModelConfig:
         stage_strides: stride of each stage.
         expand_ratio: MBConv inverted-bottleneck expansion.
         tokens_per_frame: TokenLearner tokens k per frame (paper: 8).
+        position_embedding: add a learned embedding of each feature-map cell's position to the
+            feature map before the TokenLearner (off: the tokens carry no information on where
+            in the frame a feature is, and the policy cannot locate the object;
+            docs/design.md 3.2).
         d_model: transformer width.
         frame_layers: transformer blocks over the k tokens of one frame (cached with the frame,
             so they cost one frame's work per control step).
@@ -55,6 +59,7 @@ class ModelConfig:
     stage_strides: tuple[int, ...] = (1, 2)
     expand_ratio: int = 4
     tokens_per_frame: int = 4
+    position_embedding: bool = True
     d_model: int = 256
     frame_layers: int = 6
     num_layers: int = 4
@@ -101,6 +106,14 @@ class ModelConfig:
     @property
     def head_width(self) -> int:
         return self.head_d_model or self.d_model
+
+    @property
+    def feature_grid(self) -> tuple[int, int]:
+        """(rows, columns) of the image encoder's output feature map."""
+        down = self.stem_stride
+        for s in self.stage_strides:
+            down *= s
+        return tuple(-(-v // down) for v in self.image_size)
 
     @property
     def max_bins(self) -> int:

@@ -133,9 +133,10 @@ def test_mc_lower_bound_is_per_transition():
     torch.testing.assert_close(with_mc[[0, 4]], without[[0, 4]])
 
 
-def test_regularizer_is_a_mean_in_value_space_independent_of_batch_size():
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_regularizer_is_in_value_space_and_independent_of_batch_size(reduction):
     model = _model()
-    learner = Learner(model, LearnerConfig())
+    learner = Learner(model, LearnerConfig(conservative_reduction=reduction))
     batch = _batch(model)
     model.eval()
     _, m1 = learner.compute_loss(batch)
@@ -150,7 +151,8 @@ def test_regularizer_is_a_mean_in_value_space_independent_of_batch_size():
     for b in range(6):
         for i, n in enumerate(model.cfg.action_bins):
             untaken = [k for k in range(n) if k != batch["action_bins"][b, i]]
-            expected.append(0.5 * (q[b, i, untaken] ** 2).mean())
+            per_bin = 0.5 * q[b, i, untaken] ** 2
+            expected.append(per_bin.mean() if reduction == "mean" else per_bin.sum())
     assert m1["conservative_loss"].item() == pytest.approx(torch.stack(expected).mean().item(),
                                                            rel=1e-5)
 

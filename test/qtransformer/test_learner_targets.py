@@ -126,6 +126,21 @@ def test_loss_values():
     assert loss0.item() == pytest.approx(td.item(), abs=1e-7)
 
 
+def test_summed_regularizer_weighs_every_untaken_bin_alpha():
+    # The default (conservative_reduction="sum"): t=0 sums instead of averaging:
+    #   dim 0 (.04 + .36 + .64) / 2 = .52, dim 1 (.25 + .01 + .09) / 2 = .175, dim 2 .18
+    #   -> mean over dimensions .291667; t=1: dim 0 .02 * 3, dim 1 .005 * 3, dim 2 .045 -> .04
+    targets = _targets(1)
+    _, _, cons = q_transformer_loss(ONLINE_Q[:1], A[:1], targets[:1], VALID, 1.0,
+                                    reduction="sum")
+    assert cons.item() == pytest.approx(0.875 / 3, abs=1e-6)
+    _, _, cons = q_transformer_loss(ONLINE_Q[:2], A, targets, VALID, 1.0, reduction="sum")
+    assert cons.item() == pytest.approx((0.875 / 3 + 0.04) / 2, abs=1e-6)
+    assert LearnerConfig().conservative_reduction == "sum"
+    with pytest.raises(ValueError, match="conservative_reduction"):
+        LearnerConfig(conservative_reduction="max")
+
+
 class TableModel(nn.Module):
     """A stand-in network whose Q values are a table per state (one-hot ``state``)."""
 
@@ -151,7 +166,7 @@ def _batch(n_step):
 
 @pytest.mark.parametrize("n_step", [1, 2])
 def test_learner_wires_online_and_target_networks(n_step):
-    learner = Learner(TableModel(ONLINE_Q), LearnerConfig(lr=0.1))
+    learner = Learner(TableModel(ONLINE_Q), LearnerConfig(lr=0.1, conservative_reduction="mean"))
     with torch.no_grad():
         learner.target.table.copy_(TARGET_Q)
     torch.testing.assert_close(learner.targets(_batch(n_step)), _targets(n_step))
