@@ -81,7 +81,8 @@ class QTransformerDataset(Dataset):
         chosen = list(range(len(self.store.episodes))) if episodes is None else list(episodes)
         self.episodes = [self.store.episodes[i] for i in chosen]
         if not self.episodes:
-            raise DatasetError(f"{root} has no episodes to train on")
+            raise DatasetError(f"dataset {root} has no episodes to train on: convert episode bags "
+                               f"into it first (qt-ros convert BAGS --out {root})")
         lengths = np.asarray([int(e["length"]) for e in self.episodes], dtype=np.int64)
         self.lengths = lengths
         self._offsets = np.concatenate([[0], np.cumsum(lengths)])
