@@ -5,8 +5,12 @@ Reads qt_ros episode bags (``recorder_node``; complete, or incomplete after a cr
 :mod:`qt_ros.data.topic_mapping`). Each bag is converted in a worker process
 (:mod:`qt_ros.data.bag_conversion`, :mod:`qt_ros.data.episode_conversion`) and appended to the
 dataset (:mod:`qt_ros.data.dataset_writer`); bags already in the dataset are skipped. A bag that
-cannot be converted (corrupt, truncated, empty, a missing topic, images in an unknown encoding) is
-reported with the reason and skipped; the others are converted.
+cannot be converted (damaged bytes found by its CRCs, corrupt, truncated, empty, a missing topic,
+images in an unknown encoding) is reported with the reason and skipped; the others are converted.
+A policy episode that ended before its first state has its steps dropped (counted, ``no_state``);
+a bag whose state topic stayed silent waits, in a new dataset, until another bag has set the
+dataset's state size (or converts with none if no bag has one). A run that converts nothing into
+a new dataset leaves no dataset directory behind.
 
 Exit status: 0 when every bag was converted or skipped as already converted, 1 when some failed,
 2 when nothing could be done (bad options, mapping or dataset).
@@ -18,20 +22,24 @@ import argparse
 import os
 import sys
 import time
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
-from qt_ros.data.bag_conversion import convert_bags, load_tokenizer_config
-from qt_ros.data.dataset_format import DatasetError
-from qt_ros.data.dataset_reader import DatasetStore
-from qt_ros.data.dataset_writer import DEFAULT_SHARD_STEPS, DatasetWriter
-from qt_ros.data.episode_conversion import (
+from qt_ros.data.bag_conversion import BagResult, convert_bags, load_tokenizer_config
+from qt_ros.data.conversion_results import (
     DEFAULT_IMAGE_SIZE,
     ConvertedEpisode,
     ConvertOptions,
+    Deferred,
+    NoSteps,
     Skipped,
 )
+from qt_ros.data.dataset_format import DatasetError
+from qt_ros.data.dataset_reader import DatasetStore
+from qt_ros.data.dataset_writer import DEFAULT_SHARD_STEPS, DatasetWriter
 from qt_ros.data.returns import DEFAULT_GAMMA
 from qt_ros.data.topic_mapping import MappingError, TopicMapping
 from qt_ros.episodes.bag_metadata import find_bags
@@ -87,35 +95,27 @@ def run(args: argparse.Namespace) -> int:
         converted = {e["key"]: e.get("outcome") for e in writer.episodes}
         bar = tqdm(total=len(bags), unit="bag", desc="convert", file=sys.stderr,
                    disable=args.quiet, dynamic_ncols=True)
+        deferred: list[Path] = []
         for bag, result in convert_bags(bags, options, writer.keys, args.workers):
-            if isinstance(result, ConvertedEpisode):
-                try:
-                    index = writer.append(result.record, result.arrays)
-                except DatasetError as exc:
-                    summary.failed.append((bag, str(exc)))
-                else:
-                    if index is None:
-                        summary.skipped.append(bag)
-                    else:
-                        summary.converted.append(bag)
-                        summary.steps += result.record["length"]
-                        summary.dropped += sum(result.record["dropped"].values())
-                        summary.warnings += [(bag, w) for w in result.warnings]
-            elif isinstance(result, Skipped):
-                summary.skipped.append(bag)
-                old = converted.get(result.key)
-                if result.outcome and old and result.outcome != old:
-                    summary.warnings.append((bag, f"relabelled {result.outcome} after its "
-                                                  f"conversion ({old} in the dataset); convert "
-                                                  f"into a new dataset to use the new label"))
+            if isinstance(result, Deferred):
+                deferred.append(Path(bag))
             else:
-                summary.failed.append((bag, result))
-            bar.update(1)
+                summary.add(bag, result, writer, converted)
+                bar.update(1)
             bar.set_postfix(steps=summary.steps, failed=len(summary.failed))
+        # Bags whose state topic stayed silent, now that the dataset's state size is known
+        # (none when no bag had a state).
+        later = replace(options, state_dim=writer.meta["state_dim"] or 0)
+        for bag, result in convert_bags(deferred, later, writer.keys, args.workers):
+            summary.add(bag, result, writer, converted)
+            bar.update(1)
         bar.close()
     summary.seconds = time.perf_counter() - started
-    store = DatasetStore(args.out)
-    print(summary.text(args.out, len(store.episodes), store.num_steps))
+    if writer.discard_if_empty():
+        print(summary.text(args.out, 0, 0, kept=False))
+    else:
+        store = DatasetStore(args.out)
+        print(summary.text(args.out, len(store.episodes), store.num_steps))
     return 1 if summary.failed else 0
 
 
@@ -127,20 +127,57 @@ class Summary:
         self.skipped: list[str] = []
         self.failed: list[tuple[str, str]] = []
         self.warnings: list[tuple[str, str]] = []
+        self.no_steps: list[tuple[str, dict[str, int]]] = []
         self.steps = 0
-        self.dropped = 0
+        self.dropped: Counter[str] = Counter()
         self.seconds = 0.0
 
-    def text(self, out: str, episodes: int, steps: int) -> str:
+    def add(self, bag: str, result: BagResult, writer: DatasetWriter,
+            converted: dict[str, str | None]) -> None:
+        """Append one bag's result to the dataset (if it has steps) and count it."""
+        if isinstance(result, ConvertedEpisode):
+            try:
+                index = writer.append(result.record, result.arrays)
+            except DatasetError as exc:
+                self.failed.append((bag, str(exc)))
+                return
+            if index is None:
+                self.skipped.append(bag)
+                return
+            self.converted.append(bag)
+            self.steps += result.record["length"]
+            self.dropped.update(result.record["dropped"])
+            self.warnings += [(bag, w) for w in result.warnings]
+        elif isinstance(result, NoSteps):
+            self.no_steps.append((bag, result.dropped))
+            self.dropped.update(result.dropped)
+        elif isinstance(result, Skipped):
+            self.skipped.append(bag)
+            old = converted.get(result.key)
+            if result.outcome and old and result.outcome != old:
+                self.warnings.append((bag, f"relabelled {result.outcome} after its conversion "
+                                           f"({old} in the dataset); convert into a new dataset "
+                                           f"to use the new label"))
+        else:
+            self.failed.append((bag, str(result)))
+
+    def text(self, out: str, episodes: int, steps: int, kept: bool = True) -> str:
         """The report: counts, every failure and warning, and what the dataset now holds."""
-        lines = [f"converted {len(self.converted)} bag(s) ({self.steps} steps, {self.dropped} "
-                 f"dropped) in {self.seconds:.2f} s; skipped {len(self.skipped)} already "
-                 f"converted; failed {len(self.failed)}"]
+        dropped = sum(self.dropped.values())
+        reasons = f": {dict(self.dropped)}" if dropped else ""
+        lines = [f"converted {len(self.converted)} bag(s) ({self.steps} steps, {dropped} "
+                 f"dropped{reasons}) in {self.seconds:.2f} s; skipped {len(self.skipped)} "
+                 f"already converted; {len(self.no_steps)} without a usable step; failed "
+                 f"{len(self.failed)}"]
         for bag, why in self.failed:
             lines.append(f"  FAILED {bag}: {why}")
+        for bag, counts in self.no_steps:
+            lines.append(f"  no steps {bag}: every step dropped ({counts}; no_state: the "
+                         f"episode ended before its first state message)")
         for bag, why in self.warnings:
             lines.append(f"  warning {bag}: {why}")
-        lines.append(f"dataset {out}: {episodes} episode(s), {steps} step(s)")
+        lines.append(f"dataset {out}: {episodes} episode(s), {steps} step(s)" if kept else
+                     f"dataset {out}: not created (no episode converted)")
         return "\n".join(lines)
 
 
@@ -161,8 +198,10 @@ def _options(args: argparse.Namespace) -> ConvertOptions:
     mapping = TopicMapping.from_yaml(args.mapping) if args.mapping else None
     if args.workers < 1:
         raise ValueError("--workers must be >= 1")
+    state_dim = existing.meta.get("state_dim") if existing else None
     return ConvertOptions(tokenizer=tokenizer, image_size=image_size, gamma=gamma,
-                          mapping=mapping, max_image_age=args.max_image_age, rate=args.rate)
+                          mapping=mapping, max_image_age=args.max_image_age, rate=args.rate,
+                          state_dim=state_dim, defer_silent_state=True)
 
 
 def parse_image_size(text: str) -> tuple[int, int]:

@@ -18,13 +18,15 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from qt_ros.data.episode_conversion import (
+from qt_ros.data.conversion_results import (
     ConvertedEpisode,
     ConvertOptions,
+    Deferred,
     EpisodeError,
+    NoSteps,
     Skipped,
-    convert_bag,
 )
+from qt_ros.data.episode_conversion import convert_bag
 from qt_ros.data.images import ImageConversionError
 from qt_ros.data.topic_mapping import MappingError
 from qt_ros.episodes.bag_metadata import BagError
@@ -35,8 +37,9 @@ WORKER_DIED = ("a conversion worker process died (killed, or out of memory?) bef
                "this bag; retry with fewer --workers")
 NOT_RUN = "not converted: a worker process died earlier in this run; run the command again"
 
-# One bag's outcome: its steps, a bag already in the dataset, or why it failed (text).
-BagResult = ConvertedEpisode | Skipped | str
+# One bag's outcome: its steps, a bag already in the dataset, no step with a state, waiting for
+# the dataset's state size, or why it failed (text).
+BagResult = ConvertedEpisode | Skipped | NoSteps | Deferred | str
 
 
 def load_tokenizer_config(path: str | Path) -> dict:
@@ -55,7 +58,7 @@ def load_tokenizer_config(path: str | Path) -> dict:
 
 
 def convert_one(task: tuple[str, ConvertOptions, frozenset[str]]) -> BagResult:
-    """Worker: one bag -> ConvertedEpisode | Skipped | error text (never raises)."""
+    """Worker: one bag -> a :data:`BagResult` (never raises)."""
     bag, options, skip = task
     try:
         return convert_bag(bag, options, skip)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ class DatasetWriter:
         self.root = Path(root)
         self.shard_steps = int(shard_steps)
         self.commit_every = commit_every
+        self._made_root = not self.root.exists()
+        self.created = not (self.root / "dataset.json").exists()
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.root / ".lock", "a")  # noqa: SIM115 - closed in close()
         try:
@@ -177,6 +180,19 @@ class DatasetWriter:
                 f.close()
             self._files = {}
             self._lock.close()
+
+    def discard_if_empty(self) -> bool:
+        """After ``close``: remove a dataset this writer created if no episode went in (its
+        directory too, when the writer made it), so a failed conversion leaves nothing behind.
+        Returns whether it was removed."""
+        if not self.created or self.episodes:
+            return False
+        for name in ("dataset.json", "episodes.json", "instructions.json", "stats.json", ".lock"):
+            (self.root / name).unlink(missing_ok=True)
+        shutil.rmtree(self.root / "shards", ignore_errors=True)
+        if self._made_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+        return True
 
     def _new_shard(self) -> None:
         if self._shard is not None:

@@ -11,6 +11,10 @@ Images are converted to RGB and resized once, to the training resolution (``cv2.
 crop). Actions are tokenized with the dataset's
 :class:`~qt_ros.qtransformer.tokenizer.ActionTokenizer`, or their bins taken from ``PolicyStep``.
 
+A bag its CRCs find damaged is refused (``BagReader.verify``). Several ``actions`` entries may
+read fields of one message. A bag all of whose steps lack a state (a policy episode that ended
+before the robot's first joint state) gives :class:`NoSteps`, counted, not an error.
+
 Rewards are sparse (Q-Transformer): the episode's reward (1 for success, else 0, unless the label
 gave another value) at the last step, 0 before; ``done`` is 1 at the last step; the Monte Carlo
 return is ``mc_return[t] = sum_{j>=t} gamma^(j-t) reward[j]``.
@@ -18,19 +22,27 @@ return is ``mc_return[t] = sum_{j>=t} gamma^(j-t) reward[j]``.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from qt_ros.data.conversion_results import (
+    ConvertedEpisode,
+    ConvertOptions,
+    Deferred,
+    EpisodeError,
+    NoSteps,
+    Skipped,
+)
 from qt_ros.data.images import ImageConversionError, resize_frame, to_rgb8
-from qt_ros.data.returns import DEFAULT_GAMMA, mc_returns
+from qt_ros.data.returns import mc_returns
 from qt_ros.data.topic_mapping import (
     EVENT_TYPE,
     IMAGE_TYPES,
+    ActionSource,
     MappingError,
     TopicMapping,
     cdr_header_stamp,
@@ -45,72 +57,43 @@ from qt_ros.episodes.bag_reader import BagReader, episode_metadata
 from qt_ros.episodes.catalog import reward_for
 from qt_ros.qtransformer.tokenizer import ActionTokenizer
 
-DEFAULT_IMAGE_SIZE = (128, 128)  # (H, W), the training resolution when none is asked
 
-
-@dataclass
-class ConvertOptions:
-    """How bags become steps (the ``qt-ros convert`` options)."""
-
-    tokenizer: dict = field(default_factory=lambda: ActionTokenizer().to_config())
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE  # (H, W)
-    gamma: float = DEFAULT_GAMMA
-    mapping: TopicMapping | None = None
-    max_image_age: float | None = None  # overrides the mapping's
-    rate: float | None = None  # overrides the mapping's
-
-
-@dataclass
-class ConvertedEpisode:
-    """The steps of one bag (arrays of equal length T) and the episode's record."""
-
-    key: str
-    record: dict[str, Any]
-    arrays: dict[str, np.ndarray]
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Skipped:
-    """A bag already in the dataset (its key); ``outcome`` is its current label, if it has one."""
-
-    key: str
-    bag: str
-    outcome: str | None = None
-
-
-class EpisodeError(Exception):
-    """A bag that cannot become an episode; the text names the bag and the problem."""
-
-
-def bag_fingerprint(bag: BagReader) -> str:
-    """Identity of a bag without episode metadata: its data files' names, sizes and first MiB."""
-    h = hashlib.sha1()
-    for f in bag.data_files:
-        h.update(f.name.encode())
-        h.update(str(f.stat().st_size).encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read(1 << 20))
-    return h.hexdigest()[:20]
-
-
-def convert_bag(path: str | Path, options: ConvertOptions,
-                skip_keys: frozenset[str] = frozenset()) -> ConvertedEpisode | Skipped:
-    """Read one bag into steps; raises :class:`EpisodeError` (or BagError) saying what is wrong."""
+def convert_bag(path: str | Path, options: ConvertOptions, skip_keys: frozenset[str] = frozenset()
+                ) -> ConvertedEpisode | Skipped | NoSteps | Deferred:
+    """Read one bag into steps; raises :class:`EpisodeError` (or BagError) saying what is wrong,
+    also when its CRCs say it is damaged (``BagReader.verify``)."""
     path = Path(path)
     with BagReader.open(path) as bag:
         if bag.message_count == 0:
             raise EpisodeError(f"{path}: the bag is empty (no messages)")
+        _refuse_damaged(bag)
         meta = episode_metadata(bag)
         key = f"episode:{meta['episode_id']}" if meta.get("episode_id") else \
-            f"bag:{bag_fingerprint(bag)}"
+            f"bag:{bag.fingerprint()}"
         if key in skip_keys:
             return Skipped(key, str(path), meta.get("outcome"))
         mapping = _mapping_for(bag, meta, options)
+        if mapping is None:
+            return Deferred(key, str(path))
         return _Converter(bag, meta, mapping, options, key).run()
 
 
-def _mapping_for(bag: BagReader, meta: dict[str, Any], options: ConvertOptions) -> TopicMapping:
+def _refuse_damaged(bag: BagReader) -> None:
+    """A bag its CRCs find damaged is not trained on: EpisodeError naming bag and episode."""
+    if not bag.verify():
+        return
+    try:
+        episode = episode_metadata(bag).get("episode_id")
+    except BagError:
+        episode = None
+    raise EpisodeError(f"{bag.path}: damaged{f' (episode {episode})' if episode else ''}: "
+                       f"{'; '.join(bag.damage)}; not converted. `qt-ros repair {bag.path}` "
+                       f"rewrites it with the messages of its intact chunks")
+
+
+def _mapping_for(bag: BagReader, meta: dict[str, Any],
+                 options: ConvertOptions) -> TopicMapping | None:
+    """The bag's mapping; None when the bag must wait for the dataset's state size."""
     types = {t: info.msgtype for t, info in bag.topics.items()}
     roles = dict(meta.get("topics") or {})
     if not roles and EVENT_TYPE in types.values():
@@ -118,7 +101,12 @@ def _mapping_for(bag: BagReader, meta: dict[str, Any], options: ConvertOptions) 
     if roles:
         state = roles.get("state")
         if state and (state not in bag.topics or bag.topics[state].count == 0):
-            roles.pop("state")  # recorded, but this robot publishes no state: S = 0
+            # Recorded but silent: a robot without state (S = 0), or an episode that ended
+            # before its first state; the dataset's state size tells which.
+            if options.state_dim is None and options.defer_silent_state:
+                return None
+            if not options.state_dim:
+                roles.pop("state")
         mapping = mapping_from_roles(roles).merged(options.mapping)
     elif options.mapping is not None:
         mapping = options.mapping
@@ -166,7 +154,7 @@ class _Converter:
         self.state: np.ndarray | None = None
         self.stamped_states: deque = deque(maxlen=1024)  # (header stamp ns, values)
         self.state_fields: list[str] | None = None
-        self.held: dict[str, np.ndarray] = {}
+        self.held: dict[int, np.ndarray] = {}  # actions entry index -> its latest values
         self.pending: _Decision | None = None  # the command step still taking commands
         self.instruction = ""
         self.policy_instruction = ""
@@ -185,7 +173,7 @@ class _Converter:
                                f"the bag: {_topic_list(self.bag)})")
         return info.msgtype
 
-    def run(self) -> ConvertedEpisode:
+    def run(self) -> ConvertedEpisode | NoSteps:
         m = self.m
         image_type = self._require(m.image, "image")
         if image_type not in IMAGE_TYPES:
@@ -197,18 +185,21 @@ class _Converter:
             raise EpisodeError(f"{self.where}: {exc}") from exc
         wanted = {m.image}
         if m.actions:
-            for src in m.actions:
+            for i, src in enumerate(m.actions):
                 msgtype = self._require(src.topic, f"action ({', '.join(src.dims)})")
                 src.fields = src.fields or default_fields(msgtype, src.topic)
                 if src.initial is not None:
-                    self.held[src.topic] = self._scaled(src, np.broadcast_to(
-                        np.asarray(src.initial, dtype=np.float64), (len(src.dims),)))
+                    initial = np.asarray(src.initial, dtype=np.float64).reshape(-1)
+                    self.held[i] = self._scaled(i, src, np.resize(initial, len(src.dims))
+                                                if initial.size == 1 else initial, "initial")
                 wanted.add(src.topic)
         else:
             self._require(m.policy_step, "policy_step")
             wanted.add(m.policy_step)
         if m.state is not None:
-            self._require(m.state.topic, "state")
+            info = self.bag.topics.get(m.state.topic)
+            if not (self.options.state_dim and info is not None and info.count == 0):
+                self._require(m.state.topic, "state")  # (recorded but silent: no_state)
             wanted.add(m.state.topic)
         if m.instruction_topic and m.instruction_topic in self.bag.topics:
             wanted.add(m.instruction_topic)
@@ -243,11 +234,11 @@ class _Converter:
                 if not self.instruction:
                     self.instruction = str(self.bag.deserialize(data, msgtype).data)
             else:
-                for src in m.actions:
+                msg = self.bag.deserialize(data, msgtype)
+                for i, src in enumerate(m.actions):  # several entries may read one message
                     if src.topic == topic:
-                        msg = self.bag.deserialize(data, msgtype)
-                        self.held[topic] = self._scaled(src, read_fields(
-                            msg, src.fields or [], f"{self.where}: topic {topic}"))
+                        self.held[i] = self._scaled(i, src, read_fields(
+                            msg, src.fields or [], f"{self.where}: topic {topic}"), "fields")
                 if topic == m.step:
                     self._open_decision(t)
             if period and next_tick is None and self._ready():
@@ -262,14 +253,19 @@ class _Converter:
             self.images.popleft()
 
     def _ready(self) -> bool:
-        return bool(self.images) and all(s.topic in self.held for s in self.m.actions)
+        return bool(self.images) and len(self.held) == len(self.m.actions)
 
-    def _scaled(self, src, values: np.ndarray) -> np.ndarray:
-        if values.shape != (len(src.dims),):
-            raise EpisodeError(f"{self.where}: topic {src.topic} gives {values.size} value(s) for "
-                               f"{len(src.dims)} action dimension(s) {src.dims}; fix 'fields' "
-                               f"or 'dims' in the mapping")
-        return values * np.broadcast_to(np.asarray(src.scale, dtype=np.float64), values.shape)
+    def _scaled(self, i: int, src: ActionSource, values: np.ndarray, what: str) -> np.ndarray:
+        """``values`` (from the entry's ``fields``, or its ``initial``) times its ``scale``;
+        a size that does not fit ``dims`` is an error naming the entry, topic and sizes."""
+        scale = np.asarray(src.scale, dtype=np.float64).reshape(-1)
+        for name, size in ((what, values.size), ("scale", scale.size)):
+            if size != len(src.dims) and (name != "scale" or size != 1):
+                raise EpisodeError(f"{self.where}: mapping actions[{i}] (topic {src.topic}): "
+                                   f"its {name} give{'s' if name == 'fields' else ''} {size} "
+                                   f"value(s) for its {len(src.dims)} dims {src.dims}; fix "
+                                   f"'{name}' or 'dims' of that entry")
+        return values * scale
 
     def _read_state(self, msg: Any) -> None:
         if self.state_fields is None:
@@ -315,13 +311,13 @@ class _Converter:
         d, self.pending = self.pending, None
         if d is None:
             return
-        if not all(s.topic in self.held for s in self.m.actions):
+        if len(self.held) < len(self.m.actions):
             self.dropped["no_command"] += 1
             return
         tok = self.tokenizer
         action = np.zeros(tok.num_dims, dtype=np.float64)
-        for src in self.m.actions:
-            for name, value in zip(src.dims, self.held[src.topic], strict=True):
+        for i, src in enumerate(self.m.actions):
+            for name, value in zip(src.dims, self.held[i], strict=True):
                 action[tok.names.index(name)] = value
         for name, value in self.m.constants.items():
             if name in tok.names:
@@ -374,9 +370,11 @@ class _Converter:
 
     # -- result -------------------------------------------------------------------------------
 
-    def _finish(self) -> ConvertedEpisode:
+    def _finish(self) -> ConvertedEpisode | NoSteps:
         n = len(self.frames)
         dropped = dict(self.dropped)
+        if n == 0 and set(dropped) == {"no_state"}:  # e.g. ended before the first state
+            return NoSteps(self.key, str(self.bag.path), dropped)
         if n == 0:
             why = f"; first image error: {self.image_error}" if self.image_error else ""
             raise EpisodeError(f"{self.where}: no usable control step (dropped: "

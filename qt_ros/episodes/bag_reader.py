@@ -3,11 +3,14 @@
 Complete MCAP bags are read through the ``mcap`` library's index, sqlite3 bags through
 ``rosbags``; a bag left incomplete by a crash (no ``metadata.yaml``, no MCAP summary) is read record
 by record up to its last flushed chunk (:mod:`qt_ros.episodes.mcap_scan`). Messages are decoded
-by a typestore built from the bag's own message definitions (:mod:`qt_ros.episodes.bag_typestore`).
+by a typestore built from the bag's own message definitions (:mod:`qt_ros.episodes.bag_typestore`),
+which accepts the trailing alignment padding some serializers leave. ``verify`` checks an MCAP bag
+against its CRCs (chunk CRCs are also checked as chunks are read).
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,10 +28,10 @@ from qt_ros.episodes.bag_metadata import (
     read_metadata,
     storage_files,
 )
-from qt_ros.episodes.bag_typestore import fill_typestore, typestore_for_schemas
+from qt_ros.episodes.bag_typestore import deserialize_cdr, fill_typestore, typestore_for_schemas
 from qt_ros.episodes.catalog import EpisodeCatalog
 from qt_ros.episodes.interfaces import EPISODE_EVENT, EVENT_STARTED, default_typestore
-from qt_ros.episodes.mcap_scan import ChannelRecord, MessageRecord, mcap_records
+from qt_ros.episodes.mcap_scan import ChannelRecord, MessageRecord, check_crcs, mcap_records
 
 
 @dataclass
@@ -51,6 +54,8 @@ class BagReader:
         custom_data: the rosbag2 custom data (empty for an incomplete bag).
         topics: topic -> TopicInfo(msgtype, message count).
         problems: what is wrong with the bag, in words (empty for a healthy bag).
+        damage: the damaged parts its CRCs found (an incomplete bag: found on opening; a complete
+            one: after ``verify``); its messages must not be trusted.
         typestore: decodes the bag's messages (see ``deserialize``).
         data_files: the bag's data files (.mcap or .db3), in order.
     """
@@ -61,6 +66,7 @@ class BagReader:
     custom_data: dict[str, str] = field(default_factory=dict)
     topics: dict[str, TopicInfo] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    damage: list[str] = field(default_factory=list)
     typestore: Typestore | None = None
     data_files: list[Path] = field(default_factory=list)
     _reader: Any = None  # rosbags AnyReader (sqlite3 bags)
@@ -157,11 +163,29 @@ class BagReader:
         for log_time, topic, msgtype, data in merged:
             yield MessageRecord(topic, msgtype, log_time, data)
 
+    def fingerprint(self) -> str:
+        """Identity of a bag without episode metadata: its data files' names, sizes, first MiB."""
+        h = hashlib.sha1()
+        for f in self.data_files:
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 20))
+        return h.hexdigest()[:20]
+
+    def verify(self) -> list[str]:
+        """Check the bag's MCAP files against their CRCs (reads them once); returns (and keeps
+        in ``damage``) what is damaged, in words. Empty: intact, or nothing to check (sqlite3,
+        or a writer that left the CRCs out)."""
+        if self.storage == "mcap" and self.complete:
+            self.damage = [d for f in self.data_files for d in check_crcs(f)]
+        return self.damage
+
     def deserialize(self, data: bytes, msgtype: str) -> Any:
         """CDR bytes -> a rosbags message object (fields as attributes, arrays as numpy)."""
         assert self.typestore is not None
         try:
-            return self.typestore.deserialize_cdr(data, msgtype)
+            return deserialize_cdr(self.typestore, data, msgtype)
         except Exception as exc:
             raise BagError(f"{self.path}: a {msgtype} message could not be decoded ({exc}); the "
                            f"bag is corrupt or its type definition is wrong") from exc
@@ -200,7 +224,7 @@ class BagReader:
                                f"missing")
             stream = open(path, "rb")  # noqa: SIM115 - closed in close()
             self._streams.append(stream)
-            reader = make_reader(stream)
+            reader = make_reader(stream, validate_crcs=True)
             summary = reader.get_summary()
             if summary is None:
                 raise BagError(f"{self.path}: {path.name} has no MCAP summary (cut short?); "
@@ -222,7 +246,8 @@ class BagReader:
         # type whose schema was lost with the damaged part.
         store = get_typestore(Stores.EMPTY)
         problems: list[str] = []
-        for record in mcap_records(self.data_files[0], problems=problems, registry=store):
+        for record in mcap_records(self.data_files[0], problems=problems, registry=store,
+                                   damage=self.damage):
             if isinstance(record, ChannelRecord):
                 self.topics.setdefault(record.topic, TopicInfo(record.msgtype, 0))
             elif isinstance(record, MessageRecord):

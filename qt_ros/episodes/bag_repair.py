@@ -2,9 +2,11 @@
 behind ``qt-ros repair``).
 
 A recorder killed mid-episode (SIGKILL, power loss, full disk) leaves an MCAP file without its
-summary and a bag directory without ``metadata.yaml``. ``repair`` reads the file record by record
-up to the first damaged byte, writes every readable message into a new, complete MCAP file (same
-topics, types and message definitions, same log times, same chunk compression), and writes
+summary and a bag directory without ``metadata.yaml``; bytes changed on disk make a bag fail its
+CRCs. ``repair`` reads the file record by record, skipping chunks that fail their CRC and stopping
+where the records stop making sense, writes every readable message into a new, complete MCAP file
+(:class:`~qt_ros.episodes.bag_writer.BagWriter`: same topics, types, message definitions, QoS
+profiles and type hashes, same log times, same chunk compression, fresh CRCs), and writes
 ``metadata.yaml`` with the episode metadata (from the bag, the catalog beside it, or the episode
 events recorded in it). The original file is kept as ``<name>.damaged`` unless ``--no-backup``.
 A sqlite3 bag without ``metadata.yaml`` gets its metadata rebuilt from the database (reindex).
@@ -19,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
+from rosbags.rosbag2.metadata import parse_qos
 from rosbags.typesys import Stores, get_typestore
 
 from qt_ros.episodes.bag_metadata import (
@@ -32,6 +34,7 @@ from qt_ros.episodes.bag_metadata import (
     write_metadata,
 )
 from qt_ros.episodes.bag_reader import BagReader, episode_metadata
+from qt_ros.episodes.bag_writer import BagWriter
 from qt_ros.episodes.catalog import CatalogError, EpisodeCatalog, iso_time
 from qt_ros.episodes.mcap_scan import ChannelRecord, MessageRecord, SchemaRecord, mcap_records
 
@@ -59,10 +62,12 @@ def diagnose(path: Path) -> tuple[str, str]:
         return "incomplete", f"no {METADATA_FILE} (the writer did not close the bag)"
     try:
         with BagReader.open(path) as bag:
+            if bag.verify():
+                return "damaged", "; ".join(bag.damage)
             count = sum(1 for _ in bag.messages())
     except BagError as exc:
         return "damaged", str(exc)
-    return "ok", f"complete, {count} messages readable"
+    return "ok", f"complete, {count} messages readable, CRCs match"
 
 
 def repair_bag(path: str | Path, *, check: bool = False, backup: bool = True) -> RepairResult:
@@ -116,11 +121,9 @@ def _rewrite_mcap(path: Path, files: list[Path], info: dict | None,
     store = get_typestore(Stores.EMPTY)
     schemas: dict[str, str] = {}
     problems: list[str] = []
-    writer = Writer(new_bag, version=9, storage_plugin=StoragePlugin.MCAP)
-    if _mcap_compression(source) == "zstd":
-        writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
-    writer.open()
-    connections = {}
+    writer = BagWriter(new_bag, typestore=store, flush_period=float("inf"),
+                       compression="zstd" if _mcap_compression(source) == "zstd" else "none")
+    topics: set[str] = set()
     count = 0
     try:
         for record in mcap_records(source, problems=problems, registry=store):
@@ -128,24 +131,24 @@ def _rewrite_mcap(path: Path, files: list[Path], info: dict | None,
                 schemas[record.name] = record.text
             elif isinstance(record, ChannelRecord):
                 topic, msgtype = record.topic, record.msgtype
-                if topic in connections or msgtype not in schemas:
+                if topic in topics or msgtype not in schemas:
                     continue
-                connections[topic] = writer.add_connection(
-                    topic, msgtype, msgdef=schemas[msgtype], rihs01=_hash(store, msgtype))
+                writer.add_topic(topic, msgtype, msgdef=schemas[msgtype],
+                                 rihs01=record.metadata.get("topic_type_hash")
+                                 or _hash(store, msgtype), qos=_qos(record.metadata))
+                topics.add(topic)
             elif isinstance(record, MessageRecord):
-                if record.topic in connections:
-                    writer.write(connections[record.topic], record.log_time, record.data)
+                if record.topic in topics:
+                    writer.write(record.topic, record.log_time, record.data)
                     count += 1
         meta = _episode_meta(path, info)
         meta.update(status="repaired", message_count=count,
                     repaired=f"{iso_time(time.time_ns())} from {source.name}")
         custom = dict((info or {}).get("custom_data") or {})
         custom.update(encode_custom_data(meta) if meta.get("episode_id") else {})
-        for key, value in custom.items():
-            writer.set_custom_data(key, value)
-        writer.close()
+        writer.close(custom)
     except BaseException:
-        writer.abort()
+        writer.abandon()
         shutil.rmtree(work, ignore_errors=True)
         raise
     # Swap: keep (or drop) the damaged file, move the new one in, metadata.yaml last.
@@ -181,6 +184,14 @@ def _episode_meta(path: Path, info: dict | None) -> dict:
             return dict(episode_metadata(bag))
     except BagError:
         return {}
+
+
+def _qos(metadata) -> list:
+    """The QoS profiles recorded in an MCAP channel's metadata (none when unreadable)."""
+    try:
+        return parse_qos(metadata.get("offered_qos_profiles") or "")
+    except Exception:  # noqa: BLE001 - damaged metadata: replay with defaults
+        return []
 
 
 def _hash(store, msgtype: str) -> str:

@@ -125,12 +125,7 @@ def _break_bags(bags: Path) -> dict[str, str]:
     write_episode(bags, "truncated", 20, image_size=(120, 160))
     data = bags / "truncated" / "truncated.mcap"
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
-    write_episode(bags, "wrong_encoding", 6, encoding="bgr8")
-    meta = bags / "wrong_encoding" / "metadata.yaml"
-    # rewrite every frame's encoding to one the converter cannot read ("bgr8" -> "yuv8")
-    for f in (bags / "wrong_encoding").glob("*.mcap"):
-        f.write_bytes(f.read_bytes().replace(b"bgr8", b"yuv8"))
-    assert meta.exists()
+    write_episode(bags, "wrong_encoding", 6, encoding="yuv8")  # an encoding it cannot read
     store = get_typestore(Stores.ROS2_KILTED)
     with Writer(bags / "empty", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         writer.add_connection("/image", "sensor_msgs/msg/Image", typestore=store)
@@ -142,7 +137,7 @@ def _break_bags(bags: Path) -> dict[str, str]:
     rec.end(now_ns=2)
     (bags / "not_a_bag").mkdir()
     (bags / "not_a_bag" / "notes.txt").write_text("hello")
-    return {"corrupt": "cannot read the bag's messages", "truncated": "qt-ros repair",
+    return {"corrupt": "damaged (episode corrupt)", "truncated": "qt-ros repair",
             "wrong_encoding": "unsupported image encoding 'yuv8'", "empty": "empty",
             "no_images": "has no messages on image topic '/image'"}
 
