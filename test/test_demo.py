@@ -99,13 +99,15 @@ def test_summary_png_has_rates_curves_and_frame_strips(tmp_path):
 def test_demo_runs_the_whole_loop_with_tiny_counts(ros_env, tmp_path):
     out = tmp_path / "run"
     result = run_demo(ros_env, "--demos", "3", "--ros-episodes", "2", "--eval-episodes", "2",
-                      "--train-steps", "10", "--improve-steps", "5", "--encoder", "hash",
+                      "--train-steps", "10", "--improve-steps", "5", "--improve-episodes", "2",
+                      "--encoder", "hash",
                       "--max-steps", "8", "--out", str(out),
                       "--domain-id", ros_env["ROS_DOMAIN_ID"])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     for phase in ("collect", "convert", "train", "policy through ROS", "append policy "
-                  "episodes", "evaluate", "train round 2", "evaluate round 2", "summary"):
-        assert f"/9 {phase}\n" in result.stdout
+                  "episodes", "evaluate", "record policy episodes", "train round 2",
+                  "evaluate round 2", "summary"):
+        assert f"/10 {phase}\n" in result.stdout
     assert "Q-T success through ROS:" in result.stdout and "95 % interval" in result.stdout
     s = json.loads((out / "summary.json").read_text())
     # the policy through ROS: two episodes, each a bag labelled by the simulator
@@ -115,16 +117,20 @@ def test_demo_runs_the_whole_loop_with_tiny_counts(ros_env, tmp_path):
     catalog = json.loads((out / "policy_episodes" / "catalog.json").read_text())["episodes"]
     assert len(catalog) == 2
     assert all(e["source"] == "autonomous" and e["labels"] for e in catalog.values())
-    # ... appended to the dataset of the collected demonstrations
+    # two more recorded in-process for the second round, labelled the same way
+    fast = json.loads((out / "policy_episodes_fast" / "catalog.json").read_text())["episodes"]
+    assert sorted(e["outcome"] in ("success", "failure") and e["source"]
+                  for e in fast.values()) == ["autonomous"] * 2
+    # ... all appended to the dataset of the collected demonstrations
     store = DatasetStore(out / "dataset")
-    assert sorted(e["source"] for e in store.episodes) == ["autonomous"] * 2 + [
+    assert sorted(e["source"] for e in store.episodes) == ["autonomous"] * 4 + [
         "demonstration"] * 3
     assert store.image_size == (64, 64)
     # the second round started from the first checkpoint; both measured on the same seeds
     assert s["training"]["round1"]["steps"] == 10 and s["training"]["round2"]["steps"] == 5
     assert s["eval"]["round1"]["seeds"] == s["eval"]["round2"]["seeds"]
     assert min(s["eval"]["round1"]["seeds"]) >= 100_000  # not the data's scenes
-    assert s["appended"] == 2
+    assert s["appended"] == 4 and s["recorded"]["episodes"] == 2
     assert "95 % interval" in (out / "summary.md").read_text()
     assert (out / "summary.png").stat().st_size > 20_000
     assert (out / "policy_episode.gif").stat().st_size > 1_000

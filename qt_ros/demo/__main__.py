@@ -33,6 +33,8 @@ RECIPE_OPTIONS = {
     "--eval-episodes": ("eval_episodes", int, "in-process qt-ros eval episodes, before and "
                                               "after the second round (0: none)"),
     "--max-steps": ("max_steps", int, "decisions a policy episode may take"),
+    "--improve-episodes": ("improve_episodes", int, "policy episodes recorded in-process for "
+                                                    "the second round (besides the ROS ones)"),
     "--improve-steps": ("improve_steps", int, "gradient steps of the second round"),
     "--improve-minutes": ("improve_minutes", float, "wall-time limit of the second round"),
 }
@@ -127,9 +129,13 @@ def check_recipe(r: Recipe) -> str:
         return "--train-minutes, --train-steps, --batch-size and --lr must be > 0"
     if r.ros_episodes < 0 or r.eval_episodes < 0 or r.max_steps < 1:
         return "--ros-episodes and --eval-episodes must be >= 0, --max-steps >= 1"
-    if r.improve and (r.ros_episodes < 1 or r.improve_steps < 1 or r.improve_minutes <= 0):
-        return ("--improve needs policy episodes to learn from (--ros-episodes >= 1) and "
-                "--improve-steps, --improve-minutes > 0; or --no-improve")
+    if r.improve_episodes < 0:
+        return "--improve-episodes must be >= 0"
+    if r.improve and (r.ros_episodes + r.improve_episodes < 1 or r.improve_steps < 1
+                      or r.improve_minutes <= 0):
+        return ("--improve needs policy episodes to learn from (--ros-episodes or "
+                "--improve-episodes >= 1) and --improve-steps, --improve-minutes > 0; or "
+                "--no-improve")
     if r.image_size < 8 or r.demo_noise < 0:
         return "--image-size must be >= 8 and --demo-noise >= 0"
     return ""

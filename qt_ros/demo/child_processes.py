@@ -43,6 +43,15 @@ class Processes:
         text = path.read_text(errors="replace") if path.exists() else ""
         return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
+    def finished(self, name: str) -> int | None:
+        """The exit status of ``name`` once it exited (then forgotten), else None."""
+        proc, log = self.running[name]
+        if proc.poll() is None:
+            return None
+        del self.running[name]
+        log.close()
+        return proc.returncode
+
     def stop(self, name: str, timeout: float = 15.0) -> None:
         proc, log = self.running.pop(name)
         if proc.poll() is None:

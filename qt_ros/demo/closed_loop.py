@@ -18,6 +18,7 @@ from qt_ros.demo.recipe import Recipe
 from qt_ros.demo.ros_episodes import RosPolicyEpisodes, node_environment, write_sim_params
 
 ROS_SEED = 10_000  # scene seeds of the policy episodes through ROS (data: seed 0..)
+RECORD_SEED = 20_000  # scene seeds of the policy episodes recorded in-process for round 2
 EVAL_SEED = 100_000  # scene seeds of the in-process evaluations, before and after
 # The comparison's data (--full): the paper-like mix of ``make compare``.
 COMPARE_MIX = ("--demos", "20", "--replays", "230")
@@ -41,7 +42,8 @@ class Demo:
         self.env = node_environment(self.out, self.domain_id)
         self.procs = Processes(self.out / "logs", self.env)
         self.paths = {name: self.out / name for name in (
-            "episodes", "dataset", "checkpoint", "policy_episodes", "checkpoint_round2",
+            "episodes", "dataset", "checkpoint", "policy_episodes", "policy_episodes_fast",
+            "checkpoint_round2",
             "eval", "comparison")}
         self.timings: dict[str, float] = {}
         self.results: dict = {"ros": [], "eval": {}}
@@ -70,6 +72,8 @@ class Demo:
                        ("append policy episodes", self.append_policy_episodes)]
         if r.eval_episodes:
             phases.append(("evaluate", self.evaluate_first))
+        if r.improve and r.improve_episodes:
+            phases.append(("record policy episodes", self.record_policy_episodes))
         if r.improve:
             phases += [("train round 2", self.train_round2),
                        ("evaluate round 2", self.evaluate_second)]
@@ -158,6 +162,57 @@ class Demo:
         if status != 0 or added == 0:
             raise DemoError(f"qt-ros convert of the policy episodes failed (status {status}, "
                             f"{added} appended); see above")
+
+    def record_policy_episodes(self) -> None:
+        """More of the policy's own labelled episodes, recorded in-process into bags
+        (:mod:`qt_ros.demo.policy_recording`, one process per worker), appended like the
+        ROS ones."""
+        r = self.recipe
+        record_dir = self.paths["policy_episodes_fast"]
+        seeds = [str(self.seed + RECORD_SEED + k) for k in range(r.improve_episodes)]
+        self.say(f"recording {len(seeds)} policy episodes in-process ({self.workers} "
+                 f"processes)")
+        procs = []
+        for w in range(min(self.workers, len(seeds))):
+            name = f"policy_recording_{w}"
+            self.procs.start(name, [
+                sys.executable, "-m", "qt_ros.demo.policy_recording",
+                str(self.paths["checkpoint"]), str(record_dir), "--seeds", *seeds[w::self.workers],
+                "--task", r.task, "--image-size", str(r.image_size), "--params",
+                str(self.params), "--max-steps", str(r.max_steps)])
+            procs.append(name)
+        statuses: dict[str, int | None] = dict.fromkeys(procs)
+        rows: list[str] = []
+        while None in statuses.values():
+            time.sleep(10)
+            statuses.update({n: self.procs.finished(n) for n, s in statuses.items()
+                             if s is None})
+            rows = self._recorded(procs)
+            self.say(f"  {len(rows)}/{len(seeds)} recorded, {rows.count('success')} "
+                     f"successful")
+        if any(statuses.values()):
+            raise DemoError(f"recording the policy's episodes failed (status "
+                            f"{list(statuses.values())}):\n"
+                            + "\n".join(self.procs.tail(name) for name in procs))
+        self.results["recorded"] = {"episodes": len(rows),
+                                    "successes": rows.count("success")}
+        self.say(f"recorded {len(rows)} policy episodes, {rows.count('success')} successful")
+        before = self._dataset_episodes()
+        status = self._cli("convert", str(record_dir), "--out", str(self.paths["dataset"]),
+                           "--mapping", str(record_dir / "convert_mapping.yaml"),
+                           "--workers", str(self.workers))
+        added = self._dataset_episodes() - before
+        self.results["appended"] = self.results.get("appended", 0) + added
+        self.say(f"appended {added} policy episode(s) to the dataset")
+        if status != 0 or added == 0:
+            raise DemoError(f"qt-ros convert of the recorded policy episodes failed (status "
+                            f"{status}, {added} appended); see above")
+
+    def _recorded(self, procs: list[str]) -> list[str]:
+        """The outcomes the recording processes reported so far."""
+        return [line.split(": ")[1].split(",")[0] for name in procs
+                for line in (self.out / "logs" / f"{name}.log").read_text().splitlines()
+                if line.startswith("recorded ")]
 
     def _dataset_episodes(self) -> int:
         from qt_ros.data.dataset_reader import DatasetStore

@@ -81,6 +81,7 @@ def build_summary(demo) -> dict:
                 "ended_by_terminate": sum(r["ended_by"] == "terminate" for r in results["ros"]),
                 "rows": results["ros"]},
         "appended": results.get("appended", 0),
+        "recorded": results.get("recorded"),
         "eval": evals,
         "training": training,
         "comparison": results.get("comparison"),
@@ -114,7 +115,9 @@ def summary_markdown(s: dict) -> str:
               f"- collected (`qt-ros sim collect`): {collected or 'n/a'}",
               f"- dataset: {d.get('episodes', 0)} episodes, {d.get('steps', 0)} steps, "
               f"{d.get('image_size')} px; by source {d.get('by_source', {})}; "
-              f"{s['appended']} policy episode(s) appended",
+              f"{s['appended']} policy episode(s) appended"
+              + (f" ({s['recorded']['episodes']} of them recorded in-process, "
+                 f"{s['recorded']['successes']} successful)" if s.get("recorded") else ""),
               f"- training: {r['preset']} model, batch {r['batch_size']}, lr {r['lr']:g}"
               + (f", extra options `{' '.join(map(str, r['train_args']))}`"
                  if r["train_args"] else "")]
