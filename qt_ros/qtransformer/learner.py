@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from qt_ros.qtransformer.behavior_cloning import behavior_cloning_loss
@@ -80,10 +81,11 @@ def bellman_targets(q_target_current: torch.Tensor | None, q_target_next_first: 
     return targets
 
 
-# Sum (weight alpha per untaken bin) or mean (alpha/(K-1) per bin): docs/design.md 3.4.
+# Sum (weight alpha per untaken bin) or mean (alpha/(K-1) per bin); bce or mse: docs/design.md 3.4.
 def q_transformer_loss(q: torch.Tensor, action_bins: torch.Tensor, targets: torch.Tensor,
                        valid_mask: torch.Tensor, conservative_weight: float = 1.0,
-                       q_min: float = 0.0, reduction: str = "mean"
+                       q_min: float = 0.0, reduction: str = "mean", value_loss: str = "mse",
+                       logits: torch.Tensor | None = None, q_max: float = 1.0
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, td_loss, conservative_loss), each a mean over batch and dimensions.
 
@@ -93,15 +95,29 @@ def q_transformer_loss(q: torch.Tensor, action_bins: torch.Tensor, targets: torc
         valid_mask: bool [d, K]; q_min: the minimal return, where untaken bins are pulled.
         reduction: how a dimension's untaken bins are combined, "sum" or "mean". Either way
             the loss is a mean over batch and dimensions, so it does not grow with the batch.
+        value_loss: "mse", 1/2 (Q - y)^2; or "bce", the binary cross-entropy between
+            (Q - q_min) / (q_max - q_min) = sigmoid(logits) and (y - q_min) / (q_max - q_min),
+            computed from ``logits`` (the head's outputs before the bounding sigmoid). Both are
+            minimised by the same Q, so the fixed point is the same; bce's gradient on the
+            logit is (Q - y) / (q_max - q_min) where mse's is damped by the sigmoid's slope.
     """
-    q_taken = q.gather(2, action_bins[..., None])[..., 0]                    # [B, d]
-    td = 0.5 * (q_taken - targets.detach()).square()
+    if value_loss == "bce":
+        if logits is None:
+            raise ValueError("value_loss 'bce' needs the logits")
+        scale = q_max - q_min
+        y = ((targets.detach() - q_min) / scale).clamp(0.0, 1.0)
+        taken_logits = logits.gather(2, action_bins[..., None])[..., 0]
+        td = F.binary_cross_entropy_with_logits(taken_logits, y, reduction="none")
+        floor = F.softplus(logits)                       # BCE toward 0, i.e. toward q_min
+    else:
+        q_taken = q.gather(2, action_bins[..., None])[..., 0]                # [B, d]
+        td = 0.5 * (q_taken - targets.detach()).square()
+        floor = 0.5 * (q - q_min).square()
     td_loss = td.mean()
     if conservative_weight > 0:
         bins = torch.arange(q.shape[2], device=q.device)
         untaken = valid_mask[None] & (bins != action_bins[..., None])          # [B, d, K]
-        sq = 0.5 * (q - q_min).square() * untaken
-        per_dim = sq.sum(-1)
+        per_dim = (floor * untaken).sum(-1)
         if reduction == "mean":
             per_dim = per_dim / untaken.sum(-1).clamp(min=1)
         conservative_loss = per_dim.mean()
@@ -185,12 +201,19 @@ class Learner:
             return self._bc_loss(batch)
         batch = self._to_device(batch)
         targets = self.targets(batch)
-        q = self.online(batch["frames"], batch["instruction_embedding"], batch["state"],
-                        batch["action_bins"])
+        cfg = self.model.cfg
+        logits = None
+        if self.config.value_loss == "bce":
+            logits = self.online(batch["frames"], batch["instruction_embedding"], batch["state"],
+                                 batch["action_bins"], bounded=False)
+            q = self.model.bound_q(logits)
+        else:
+            q = self.online(batch["frames"], batch["instruction_embedding"], batch["state"],
+                            batch["action_bins"])
         loss, td_loss, cons_loss = q_transformer_loss(
             q, batch["action_bins"], targets, self.model.valid_mask,
-            self.config.conservative_weight, float(self.model.cfg.q_min),
-            self.config.conservative_reduction)
+            self.config.conservative_weight, float(cfg.q_min), self.config.conservative_reduction,
+            self.config.value_loss, logits, float(cfg.q_max))
         q_detached = q.detach()
         q_taken = q_detached.gather(2, batch["action_bins"][..., None])[..., 0]
         untaken = self.model.valid_mask[None] & (

@@ -16,6 +16,8 @@ from qt_ros.common.settings import setting
 ALGORITHMS = ("qt", "bc")
 # How the conservative term combines the untaken bins of a dimension.
 REDUCTIONS = ("sum", "mean")
+# The per-bin loss toward a target in value space.
+VALUE_LOSSES = ("bce", "mse")
 
 
 @dataclass
@@ -60,6 +62,12 @@ class LearnerConfig:
                "bin, the paper's text: with 256 bins the untaken bins stay near the Q of the "
                "bins taken elsewhere and the greedy action stops depending on the state)",
         choices=REDUCTIONS)
+    value_loss: str = setting(
+        "bce", "per-bin loss toward the target (TD) and toward q_min (regularizer), both in "
+               "value space: bce = binary cross-entropy of the sigmoid-bounded Q against the "
+               "target scaled to [0, 1] (the same minimiser as mse, without the sigmoid's "
+               "vanishing gradient far from the target; docs/design.md 3.4) or mse = 1/2 "
+               "squared error (the paper's)", choices=VALUE_LOSSES)
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
@@ -72,6 +80,9 @@ class LearnerConfig:
         if self.conservative_reduction not in REDUCTIONS:
             raise ValueError(f"conservative_reduction must be one of {REDUCTIONS}, got "
                              f"{self.conservative_reduction!r}")
+        if self.value_loss not in VALUE_LOSSES:
+            raise ValueError(f"value_loss must be one of {VALUE_LOSSES}, got "
+                             f"{self.value_loss!r}")
         if self.conservative_weight < 0:
             raise ValueError(f"conservative_weight must be >= 0, got {self.conservative_weight}")
 

@@ -262,10 +262,10 @@ class QTransformer(nn.Module):
         m = h.shape[1]
         w = self.head_weight[first:first + m]
         logits = torch.einsum("bmd,mdk->bmk", self.norm(h), w) + self.head_bias[first:first + m]
-        return self._bounded(logits) if bounded else logits
+        return self.bound_q(logits) if bounded else logits
 
-    # Sigmoid-bounded Q (a deviation; rewards > 1 are unlearnable): docs/design.md 3.8, 7.2.
-    def _bounded(self, logits: torch.Tensor) -> torch.Tensor:
+    # Sigmoid-bounded Q in [q_min, q_max] (a deviation): docs/design.md 3.8.
+    def bound_q(self, logits: torch.Tensor) -> torch.Tensor:
         q = torch.sigmoid(logits)
         if (self.cfg.q_min, self.cfg.q_max) != (0.0, 1.0):
             q = self.cfg.q_min + (self.cfg.q_max - self.cfg.q_min) * q
@@ -331,7 +331,7 @@ class QTransformer(nn.Module):
                 x = block.step(x, cache, i)
             cache.length += 1
             h = F.layer_norm(x[:, 0], (width,), self.norm.weight, self.norm.bias, self.norm.eps)
-            q = self._bounded(torch.addmm(self.head_bias[dim], h, self.head_weight[dim]))
+            q = self.bound_q(torch.addmm(self.head_bias[dim], h, self.head_weight[dim]))
             if cfg.action_bins[dim] < cfg.max_bins:
                 q = q.masked_fill(~self.valid_mask[dim], float("-inf"))
             chosen = choose(dim, q)

@@ -136,7 +136,7 @@ def test_mc_lower_bound_is_per_transition():
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_regularizer_is_in_value_space_and_independent_of_batch_size(reduction):
     model = _model()
-    learner = Learner(model, LearnerConfig(conservative_reduction=reduction))
+    learner = Learner(model, LearnerConfig(conservative_reduction=reduction, value_loss="mse"))
     batch = _batch(model)
     model.eval()
     _, m1 = learner.compute_loss(batch)

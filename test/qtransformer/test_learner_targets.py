@@ -148,7 +148,7 @@ class TableModel(nn.Module):
         super().__init__()
         self.table = nn.Parameter(table.clone())
         self.register_buffer("valid_mask", VALID.clone())
-        self.cfg = type("Cfg", (), {"q_min": 0.0})()
+        self.cfg = type("Cfg", (), {"q_min": 0.0, "q_max": 1.0})()
 
     def forward(self, frames, instruction_embedding, state, action_bins, num_dims=None):
         q = self.table[state.argmax(-1)]
@@ -166,7 +166,8 @@ def _batch(n_step):
 
 @pytest.mark.parametrize("n_step", [1, 2])
 def test_learner_wires_online_and_target_networks(n_step):
-    learner = Learner(TableModel(ONLINE_Q), LearnerConfig(lr=0.1, conservative_reduction="mean"))
+    learner = Learner(TableModel(ONLINE_Q), LearnerConfig(lr=0.1, conservative_reduction="mean",
+                                                          value_loss="mse"))
     with torch.no_grad():
         learner.target.table.copy_(TARGET_Q)
     torch.testing.assert_close(learner.targets(_batch(n_step)), _targets(n_step))
@@ -175,7 +176,7 @@ def test_learner_wires_online_and_target_networks(n_step):
     assert metrics["conservative_loss"].item() == pytest.approx((0.1372222 + 0.0233333) / 2,
                                                                 abs=1e-6)
     # Without a target network the online table is the bootstrap source.
-    own = Learner(TableModel(ONLINE_Q), LearnerConfig(target_network=False,
+    own = Learner(TableModel(ONLINE_Q), LearnerConfig(target_network=False, value_loss="mse",
                                                       mc_lower_bound=False))
     # t=0: dim 0 <- max online row 1 of s_0 = .9; dim 1 <- max valid row 2 = .6;
     #      dim 2 <- 0 + .5 * max online row 0 of s_1 = .35.
@@ -184,6 +185,7 @@ def test_learner_wires_online_and_target_networks(n_step):
 
 def test_polyak_update_and_gradient_step():
     learner = Learner(TableModel(ONLINE_Q), LearnerConfig(lr=0.1, tau=0.25, grad_clip=0.0,
+                                                          value_loss="mse",
                                                           weight_decay=0.0))
     with torch.no_grad():
         learner.target.table.copy_(TARGET_Q)
@@ -193,3 +195,37 @@ def test_polyak_update_and_gradient_step():
     # Polyak after the step: target = .75 old target + .25 new online.
     torch.testing.assert_close(learner.target.table, 0.75 * TARGET_Q + 0.25 * online)
     assert learner.step == 1 and metrics["loss"] > 0
+
+
+def test_bce_value_loss_has_the_mse_minimiser_without_the_sigmoid_damping():
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    action = torch.tensor([[1]])
+    target = torch.tensor([[0.8]])
+
+    def losses(logits, value_loss):
+        logits = logits.clone().requires_grad_(True)
+        q = torch.sigmoid(logits)
+        loss, td, cons = q_transformer_loss(q, action, target, valid, 0.0, 0.0, "sum",
+                                            value_loss, logits, 1.0)
+        loss.backward()
+        return loss, logits.grad
+
+    # Far from the target (Q = 0.0067 vs 0.8) mse's gradient on the logit is ~150x weaker.
+    far = torch.full((1, 1, 3), -5.0)
+    _, g_bce = losses(far, "bce")
+    _, g_mse = losses(far, "mse")
+    assert g_bce[0, 0, 1].item() == pytest.approx(torch.sigmoid(torch.tensor(-5.0)).item() - 0.8,
+                                                   abs=1e-6)
+    assert abs(g_bce[0, 0, 1]) > 100 * abs(g_mse[0, 0, 1])
+    # Both are minimised where Q equals the target: the fixed point does not change.
+    at_target = torch.full((1, 1, 3), torch.logit(torch.tensor(0.8)).item())
+    for value_loss in ("bce", "mse"):
+        _, grad = losses(at_target, value_loss)
+        assert grad.abs().max().item() < 1e-6
+    # Untaken bins are pulled toward q_min: bce's pull is softplus(logit) (BCE toward 0).
+    q = torch.sigmoid(far)
+    _, _, cons = q_transformer_loss(q, action, target, valid, 1.0, 0.0, "sum", "bce", far, 1.0)
+    assert cons.item() == pytest.approx(2 * torch.nn.functional.softplus(torch.tensor(-5.0)).item(),
+                                        rel=1e-5)
+    with pytest.raises(ValueError, match="logits"):
+        q_transformer_loss(q, action, target, valid, 1.0, 0.0, "sum", "bce")

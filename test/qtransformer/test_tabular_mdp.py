@@ -51,7 +51,7 @@ class TabularQ(nn.Module):
         self.first = nn.Linear(S, M)            # on a one-hot input: a table lookup
         self.second = nn.Linear(S, M * G)
         self.register_buffer("valid_mask", torch.ones(2, max(M, G), dtype=torch.bool))
-        self.cfg = type("Cfg", (), {"q_min": 0.0})()
+        self.cfg = type("Cfg", (), {"q_min": 0.0, "q_max": 1.0})()
 
     def forward(self, frames, instruction_embedding, state, action_bins, num_dims=None):
         q1 = self.first(state)                                           # [B, M]
@@ -177,7 +177,8 @@ def _train_tabular(alpha: float, steps: int = 1500):
         data = _dataset()
         model = TabularQ()
         learner = Learner(model, LearnerConfig(lr=0.05, tau=0.2, weight_decay=0.0,
-                                               conservative_weight=alpha))
+                                               conservative_weight=alpha, value_loss="mse",
+                                               conservative_reduction="mean"))
         batch = _batch(data)
         for _ in range(steps):
             learner.update(batch)
@@ -193,7 +194,8 @@ def _train_transformer(alpha: float, steps: int = 900, seed: int = 0):
                           head_d_model=32, num_heads=2, mlp_ratio=2.0, head_mlp_ratio=2.0)
         model = QTransformer(cfg)
         learner = Learner(model, LearnerConfig(lr=1e-2, tau=0.1, weight_decay=0.0,
-                                               conservative_weight=alpha))
+                                               conservative_weight=alpha, value_loss="mse",
+                                               conservative_reduction="mean"))
         rng = np.random.default_rng(seed)
         for _ in range(steps):
             learner.update(_batch(data[rng.integers(0, len(data), 64)]))
