@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import fields
 
 import numpy as np
 import pytest
 import torch
 
+from qt_ros.faults.checkpoint_faults import MALFORMED
 from qt_ros.qtransformer.checkpoint import (
+    MAX_PARAMETERS_ENV,
     CheckpointError,
     load_model,
     load_policy,
@@ -18,7 +22,7 @@ from qt_ros.qtransformer.checkpoint import (
 )
 from qt_ros.qtransformer.instruction_encoder import EncoderConfig, make_encoder
 from qt_ros.qtransformer.model import QTransformer
-from qt_ros.qtransformer.model_config import model_config
+from qt_ros.qtransformer.model_config import ModelConfig, model_config
 from qt_ros.qtransformer.policy import Policy
 from qt_ros.qtransformer.tokenizer import ActionTokenizer
 
@@ -134,3 +138,70 @@ def test_save_refuses_mismatched_tokenizer(tmp_path):
     tokenizer = ActionTokenizer.uniform(["x"], [-1], [1], 8)
     with pytest.raises(ValueError, match="tokenizer bins"):
         save_checkpoint(tmp_path / "x", model, tokenizer, EncoderConfig("hash", 64))
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_every_malformed_checkpoint_is_one_clear_error_naming_the_file(tmp_path, case):
+    """The cases of `qt-ros bench faults` (not JSON, not UTF-8, wrong types, missing and unknown
+    fields, negative and huge sizes, safetensors headers that lie, shapes that do not match)."""
+    path = make_random_checkpoint(tmp_path / "c")
+    MALFORMED[case](path)
+    with pytest.raises(CheckpointError) as error:
+        load_policy(path)
+    assert str(path / "config.json") in str(error.value) or \
+        str(path / "model.safetensors") in str(error.value)
+
+
+@pytest.mark.parametrize("case,field", [
+    ("version a string", "'version'"), ("model missing", "'model'"),
+    ("d_model negative", "'model.d_model'"), ("d_model a string", "'model.d_model'"),
+    ("num_heads zero", "model.num_heads"), ("mlp_ratio NaN", "'model.mlp_ratio'"),
+    ("unknown model field", "model.dmodel"), ("tokenizer bins strings", "'tokenizer.bins'"),
+    ("encoder dim mismatch", "'encoder.dim'"), ("header dtype int", "'bin_embedding.weight'"),
+    ("d_model 64 (weights 32)", "'frame_pos'"), ("config not UTF-8", "not UTF-8"),
+])
+def test_errors_name_the_field(tmp_path, case, field):
+    path = make_random_checkpoint(tmp_path / "c")
+    MALFORMED[case](path)
+    with pytest.raises(CheckpointError, match=field.replace("(", r"\(")):
+        load_policy(path)
+
+
+def test_every_model_field_is_type_checked(tmp_path):
+    """Checked from the dataclass's annotations: a field added to ModelConfig is covered."""
+    path = make_random_checkpoint(tmp_path / "c")
+    good = json.loads((path / "config.json").read_text())
+    for f in fields(ModelConfig):
+        config = json.loads(json.dumps(good))
+        config["model"][f.name] = "seven"
+        (path / "config.json").write_text(json.dumps(config))
+        with pytest.raises(CheckpointError, match=f"'model.{f.name}' must be"):
+            load_policy(path)
+
+
+def test_a_huge_config_is_refused_before_allocating(tmp_path):
+    path = make_random_checkpoint(tmp_path / "c")
+    config = json.loads((path / "config.json").read_text())
+    config["model"]["d_model"] = 65536  # 51.5 GB of float32 if it were built
+    (path / "config.json").write_text(json.dumps(config))
+    started = time.monotonic()
+    with pytest.raises(CheckpointError, match="more than 500,000,000 parameters.*"
+                                              + MAX_PARAMETERS_ENV):
+        load_policy(path)
+    assert time.monotonic() - started < 20
+
+
+def test_the_parameter_limit_counts_exactly_and_can_be_raised(tmp_path, monkeypatch):
+    path = make_random_checkpoint(tmp_path / "c")
+    count = sum(p.numel() for p in QTransformer(model_config(
+        "tiny", instruction_dim=64)).parameters())
+    load_policy(path, max_parameters=count)
+    with pytest.raises(CheckpointError, match=f"more than {count - 1:,} parameters"):
+        load_policy(path, max_parameters=count - 1)
+    monkeypatch.setenv(MAX_PARAMETERS_ENV, str(count - 1))
+    with pytest.raises(CheckpointError, match="parameters"):
+        load_policy(path)
+    load_policy(path, max_parameters=count)  # the argument wins over the environment
+    monkeypatch.setenv(MAX_PARAMETERS_ENV, "lots")
+    with pytest.raises(CheckpointError, match=MAX_PARAMETERS_ENV):
+        load_policy(path)
