@@ -148,15 +148,33 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_ddp_two_processes(dataset, tmp_path):
-    """The same command under torchrun: 2 CPU processes (gloo) train one model."""
+def test_torchrun_two_processes_train_like_one_with_the_global_batch(dataset, tmp_path):
+    """The same command under torchrun: 2 CPU processes (gloo) of batch 4 reach the weights one
+    process of batch 8 reaches (each rank draws its slice of the step's global batch, DDP
+    averages the gradients); rank 0 alone writes the checkpoint and the metrics."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    out = tmp_path / "ckpt"
+    args = ["--steps", "6", "--lr", "1e-3", "--preset", "tiny", "--encoder", "hash",
+            "--workers", "0", "--log-every", "3"]
+    ddp = tmp_path / "ddp"
     result = subprocess.run(
         [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "qt_ros.cli", "train",
-         str(dataset), "--out", str(out), "--steps", "6", *COMMON],
+         str(dataset), "--out", str(ddp), "--batch-size", "4", *args],
         capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
-    config = read_config(out)
+    config = read_config(ddp)
     assert config["step"] == 6 and config["extra"]["world_size"] == 2
-    load_policy(out)
+    load_policy(ddp)
+    one = tmp_path / "one"
+    result = _train(str(dataset), "--out", str(one), "--batch-size", "8", *args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    two, single = load_file(ddp / "model.safetensors"), load_file(one / "model.safetensors")
+    last = load_file(ddp / "last" / "model.safetensors")
+    assert all(np.array_equal(two[k], last[k]) for k in two)   # last/ is the final checkpoint
+    for name, value in single.items():
+        np.testing.assert_allclose(two[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+    lines = [(ddp / "metrics.jsonl").read_text().splitlines(),
+             (one / "metrics.jsonl").read_text().splitlines()]
+    assert [json.loads(x)["step"] for x in lines[0]] == [3, 6]
+    # Logged metrics are the mean over ranks: the loss of the global batch.
+    for a, b in zip(*lines, strict=True):
+        assert json.loads(a)["loss"] == pytest.approx(json.loads(b)["loss"], rel=1e-4)
