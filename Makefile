@@ -7,7 +7,7 @@ ENV := source tools/env.sh &&
 .PHONY: help env test lint pytest demo bench compare clean distclean
 
 help:
-	@echo "make demo   - closed-loop demo on the simulated robot (builds the environment first)"
+	@echo "make demo   - learn a policy and run it through ROS 2 on the simulated robot (builds the environment first)"
 	@echo "make test   - ruff + the whole test suite (builds the environment first)"
 	@echo "make env    - only build .venv (ROS 2 Kilted wheels, PyTorch) and colcon-build qt_ros"
 	@echo "make bench  - run the benchmarks (prints JSON)"

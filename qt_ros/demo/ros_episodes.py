@@ -66,6 +66,7 @@ def _step_budget_driver(domain_id: int, max_steps: int):
         def __init__(self) -> None:
             super().__init__(domain_id)
             self.steps: Counter[str] = Counter()
+            self.cut: set[str] = set()
             self.node.create_subscription(PolicyStep, "policy_step", self._on_step,
                                           POLICY_STEP_QOS)
 
@@ -74,15 +75,20 @@ def _step_budget_driver(domain_id: int, max_steps: int):
                 self.steps[msg.episode_id] += 1
 
         def _wait_event(self, episode_id: str, kind: int, timeout: float):
-            if kind != EpisodeEvent.ENDED:
+            # Only the wait for the policy's terminate is cut at the step budget; the driver's
+            # later wait for the end it asks for then waits as usual.
+            if kind != EpisodeEvent.ENDED or episode_id in self.cut:
                 return super()._wait_event(episode_id, kind, timeout)
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.steps[episode_id] < max_steps:
+            while time.monotonic() < deadline:
                 event = self._find(episode_id, kind)
                 if event is not None:
                     return event
+                if self.steps[episode_id] >= max_steps:
+                    self.cut.add(episode_id)
+                    return None
                 time.sleep(0.01)
-            return self._find(episode_id, kind)
+            return None
 
     return StepBudgetDriver()
 
