@@ -6,6 +6,10 @@ reward, robot, checkpoint, times, status, label history). It is only ever replac
 previous catalog intact, never a half-written one. The bags stay the source of truth; the catalog
 is the index a person or the converter reads first.
 
+An update that cannot be written (a full disk) can be deferred (``update_or_defer``): this
+catalog object then reads as if it had been written and writes it with its next successful
+write (``write_deferred`` retries), so the file catches up as soon as there is room.
+
 Episode ``status``: ``recording`` (bag open), ``complete`` (bag closed), ``incomplete`` (the
 recorder died before closing the bag; ``qt-ros repair`` fixes it), ``repaired``.
 """
@@ -51,9 +55,23 @@ class EpisodeCatalog:
     def __init__(self, record_dir: str | Path) -> None:
         self.record_dir = Path(record_dir)
         self.path = self.record_dir / CATALOG_FILE
+        self._deferred: dict[str, dict[str, Any]] = {}
+
+    @property
+    def deferred(self) -> list[str]:
+        """Ids of episodes whose latest update is not in the file yet."""
+        return list(self._deferred)
 
     def episodes(self) -> dict[str, dict[str, Any]]:
-        """All episode records by id, in recording order (an empty dict if there is no catalog)."""
+        """All episode records by id, in recording order (an empty dict if there is no catalog),
+        with the updates deferred by this object applied."""
+        episodes = self._read()
+        for episode_id, fields in self._deferred.items():
+            episodes[episode_id] = {**episodes.get(episode_id, {"episode_id": episode_id}),
+                                    **fields}
+        return episodes
+
+    def _read(self) -> dict[str, dict[str, Any]]:
         if not self.path.exists():
             return {}
         try:
@@ -78,6 +96,27 @@ class EpisodeCatalog:
             episodes[episode_id] = record
             self._write(episodes)
         return record
+
+    def update_or_defer(self, episode_id: str, /, **fields: Any) -> str:
+        """``update``, or, if the file cannot be written, keep the update for a later write;
+        returns '' or why it was deferred."""
+        try:
+            self.update(episode_id, **fields)
+        except CatalogError as exc:
+            self._deferred[episode_id] = {**self._deferred.get(episode_id, {}), **fields}
+            return str(exc)
+        return ""
+
+    def write_deferred(self) -> str:
+        """Write the deferred updates; returns '' when none are left, else why not."""
+        if not self._deferred:
+            return ""
+        try:
+            with self._locked():
+                self._write(self.episodes())
+        except CatalogError as exc:
+            return str(exc)
+        return ""
 
     def add_label(self, episode_id: str, outcome: str, reward: float, time_ns: int, /,
                   **fields: Any) -> dict[str, Any]:
@@ -109,6 +148,7 @@ class EpisodeCatalog:
         return stale
 
     def _write(self, episodes: dict[str, dict[str, Any]]) -> None:
+        """Replace the file with ``episodes`` (which include the deferred updates)."""
         text = json.dumps({"format": FORMAT, "version": VERSION, "episodes": episodes},
                           indent=1, sort_keys=False)
         try:
@@ -116,11 +156,16 @@ class EpisodeCatalog:
         except OSError as exc:
             raise CatalogError(f"could not write the episode catalog {self.path} ({exc}); the "
                                f"previous catalog is unchanged") from exc
+        self._deferred.clear()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.record_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.record_dir / (CATALOG_FILE + ".lock"), "a") as lock:
+        try:
+            self.record_dir.mkdir(parents=True, exist_ok=True)
+            lock = open(self.record_dir / (CATALOG_FILE + ".lock"), "a")  # noqa: SIM115
+        except OSError as exc:
+            raise CatalogError(f"could not lock the episode catalog {self.path} ({exc})") from exc
+        with lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             try:
                 yield

@@ -2,27 +2,35 @@
 
 :class:`EpisodeRecorder` is what ``recorder_node`` drives: the node hands it serialized messages
 (``write``) and service requests (``start``, ``end``, ``label``); everything else happens here, so
-it is tested without ROS. Messages go through a queue to a writer thread, so a subscription callback
-never waits on the disk. The writer thread flushes the bag every ``flush_period`` and checks the
-free disk space; below ``min_free_space_mb`` it stops writing and ``poll`` tells the node to end the
-episode (outcome ``aborted``) with an error event, long before the disk is full.
+it is tested without ROS. Messages go through a queue to a writer thread
+(:mod:`qt_ros.episodes.episode_writer`), so a subscription callback never waits on the disk. The
+writer thread flushes the bag every ``flush_period`` and checks the free disk space; below
+``min_free_space_mb`` it stops writing and ``poll`` tells the node to end the episode (outcome
+``aborted``) with an error event, long before the disk is full.
 
 The recorder writes its own episode events (started, ended) into the bag, on ``events_topic``,
 serialized with ``rosbags`` exactly as rclpy would; labels given later go to the bag's
 ``metadata.yaml`` and the catalog, both replaced atomically.
+
+When the disk fills anyway (``min_free_space_mb: 0``), a write failure gives up the node's
+:class:`~qt_ros.episodes.disk_reserve.DiskReserve` so the episode can still be closed and
+catalogued; a catalog update that cannot be written is deferred and retried (``retry_catalog``),
+and no episode starts until it is written and the reserve is back. A start that fails removes
+what it created. A repeated start (``repeated_start``: the same client-chosen id, or the same
+instruction within ``START_REPEAT_WINDOW`` seconds) is the running episode, so a client whose
+response was lost can ask again.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import re
 import secrets
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +43,8 @@ from qt_ros.episodes.catalog import (
     iso_time,
     reward_for,
 )
+from qt_ros.episodes.disk_reserve import DiskReserve
+from qt_ros.episodes.episode_writer import RunningEpisode
 from qt_ros.episodes.interfaces import (
     EPISODE_EVENT,
     EVENT_ENDED,
@@ -47,6 +57,8 @@ log = logging.getLogger(__name__)
 
 EPISODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 BAG_FORMAT = 1
+START_REPEAT_WINDOW = 10.0  # s: an id-less start repeating the running one's instruction
+CATALOG_RETRY_PERIOD = 1.0  # s between attempts to write deferred catalog updates
 
 
 class RecorderError(Exception):
@@ -64,26 +76,12 @@ class _Topic:
     qos: Any = None  # the subscription's profile (rosbags Qos), which the bag records
 
 
-@dataclass
-class _Active:
-    record: dict[str, Any]
-    bag: BagWriter
-    queue: queue.Queue
-    thread: threading.Thread | None = None
-    queued_bytes: int = 0
-    dropped: int = 0
-    failure: str = ""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-_STOP = object()
-
-
 class EpisodeRecorder:
     """Records episodes into ``config.record_dir``: ``<episode_id>/`` bags and ``catalog.json``."""
 
     def __init__(self, config: RecorderConfig,
-                 free_space_mb: Callable[[], float] | None = None) -> None:
+                 free_space_mb: Callable[[], float] | None = None, reserve_mb: float = 0.0
+                 ) -> None:
         if config.compression not in ("none", "zstd"):
             raise RecorderError(f"compression must be 'none' or 'zstd', got '{config.compression}'")
         if config.source not in ("autonomous", "demonstration"):
@@ -100,8 +98,11 @@ class EpisodeRecorder:
         self._free_space_mb = free_space_mb or self._disk_free_mb
         self._topics: dict[str, _Topic] = {}
         self._latched: dict[str, bytes] = {}
-        self._active: _Active | None = None
+        self._active: RunningEpisode | None = None
         self._lock = threading.Lock()
+        self._next_catalog_retry = 0.0
+        self.reserve = DiskReserve(self.record_dir, reserve_mb, self.catalog.path)
+        self.reserve.ensure()
         self.add_topic(config.events_topic, EPISODE_EVENT, role="episode_events",
                        qos=qos_profile(reliable=True, latched=True, depth=10))
 
@@ -150,11 +151,7 @@ class EpisodeRecorder:
         if self._active is not None:
             raise RecorderError(f"episode '{self.active_id}' is still recording; end it with "
                                 f"end_episode first")
-        free = self._free_space_mb()
-        if free < self.config.min_free_space_mb:
-            raise RecorderError(f"not starting: {free:.0f} MB free in {self.record_dir}, below "
-                                f"min_free_space_mb={self.config.min_free_space_mb:g}; free disk "
-                                f"space or move record_dir")
+        self._check_disk()
         episode_id = episode_id or self._new_id(now_ns)
         if not EPISODE_ID_RE.match(episode_id):
             raise RecorderError(f"invalid episode id '{episode_id}': use letters, digits, '.', "
@@ -162,6 +159,7 @@ class EpisodeRecorder:
         bag_path = self.record_dir / episode_id
         if bag_path.exists() or self.catalog.get(episode_id) is not None:
             raise RecorderError(f"episode id '{episode_id}' is already used in {self.record_dir}")
+        bag = None
         try:
             bag = BagWriter(bag_path, typestore=self.typestore,
                             compression=self.config.compression,
@@ -169,6 +167,7 @@ class EpisodeRecorder:
             for t in self._topics.values():
                 bag.add_topic(t.topic, t.msgtype, msgdef=t.msgdef, rihs01=t.rihs01, qos=t.qos)
         except (BagError, OSError) as exc:
+            self._remove_bag(bag, bag_path)
             raise RecorderError(f"cannot create the episode bag: {exc}") from exc
         record = {
             "episode_id": episode_id,
@@ -188,20 +187,31 @@ class EpisodeRecorder:
         try:
             self.catalog.update(episode_id, **record)
         except CatalogError as exc:
-            bag.abandon()
-            raise RecorderError(str(exc)) from exc
-        active = _Active(record=record, bag=bag, queue=queue.Queue())
-        active.thread = threading.Thread(target=self._writer_loop, args=(active,),
-                                         name=f"bag-writer-{episode_id}", daemon=True)
-        active.thread.start()
+            self._remove_bag(bag, bag_path)
+            raise RecorderError(f"not starting: {exc}") from exc
+        active = RunningEpisode(record, bag, self.config, self._free_space_mb)
         with self._lock:
             self._active = active
             latched = list(self._latched.items())
         for topic, data in latched:
-            self._enqueue(active, topic, now_ns, data)
-        self._enqueue(active, self.config.events_topic, now_ns,
+            active.enqueue(topic, now_ns, data)
+        active.enqueue(self.config.events_topic, now_ns,
                       self.event_bytes(EVENT_STARTED, record, now_ns, "started"))
         return dict(record)
+
+    def repeated_start(self, instruction: str = "", episode_id: str = "",
+                       now_ns: int | None = None) -> dict[str, Any] | None:
+        """The running episode's record if a start request repeats the one that started it (a
+        client retrying after a lost response): the same ``episode_id``, or no id and the same
+        instruction within ``START_REPEAT_WINDOW`` s of its start. Else None."""
+        record = self.active_record
+        if record is None:
+            return None
+        if episode_id:
+            return record if episode_id == record["episode_id"] else None
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        recent = now_ns - record["start_time_ns"] <= START_REPEAT_WINDOW * 1e9
+        return record if recent and instruction == record["instruction"] else None
 
     def write(self, topic: str, timestamp_ns: int, data: bytes) -> bool:
         """Queue one serialized message for the running episode; False if it was not recorded
@@ -212,7 +222,7 @@ class EpisodeRecorder:
         active = self._active
         if active is None:
             return False
-        return self._enqueue(active, topic, timestamp_ns, data)
+        return active.enqueue(topic, timestamp_ns, data)
 
     def note_checkpoint(self, checkpoint: str) -> None:
         """Remember the policy checkpoint seen in the data if none was configured."""
@@ -260,11 +270,12 @@ class EpisodeRecorder:
                       end_time_ns=now_ns, end_reason=reason)
         if outcome != "unknown":
             record["labels"] = [{"outcome": outcome, "reward": reward, "time": iso_time(now_ns)}]
-        self._enqueue(active, self.config.events_topic, now_ns,
-                      self.event_bytes(EVENT_ENDED, record, now_ns, reason), force=True)
-        active.queue.put(_STOP)
-        if active.thread is not None:
-            active.thread.join()
+        active.enqueue(self.config.events_topic, now_ns,
+                       self.event_bytes(EVENT_ENDED, record, now_ns, reason), force=True)
+        active.stop()
+        if active.failure and self.reserve.release():  # room to close the bag and catalog it
+            log.warning("gave up the disk reserve %s to close %s", self.reserve.path,
+                        record["episode_id"])
         record.update(message_count=sum(active.bag.counts.values()),
                       dropped_messages=active.dropped)
         try:
@@ -275,10 +286,10 @@ class EpisodeRecorder:
             active.bag.abandon()
             record["status"] = "incomplete"
             record["error"] = f"could not close the bag: {exc}"
-        try:
-            self.catalog.update(record["episode_id"], **record)
-        except CatalogError as exc:
-            record["error"] = str(exc)
+        deferred = self.catalog.update_or_defer(record["episode_id"], **record)
+        if deferred:
+            record["error"] = (f"{deferred}; the update is kept and written as soon as there "
+                               f"is room (retried every {CATALOG_RETRY_PERIOD:g} s)")
         message = f"episode {record['episode_id']} ended ({reason}), outcome {outcome}"
         return dict(record), message
 
@@ -293,6 +304,9 @@ class EpisodeRecorder:
         if self.active_id == episode_id:
             raise RecorderError(f"episode '{episode_id}' is still recording; end it with "
                                 f"end_episode (giving the outcome) instead")
+        problem = self.catalog.write_deferred()
+        if problem:
+            raise RecorderError(f"cannot label {episode_id} now: {problem}")
         try:
             record = self.catalog.get(episode_id)
         except CatalogError as exc:
@@ -318,9 +332,22 @@ class EpisodeRecorder:
     def shutdown(self, now_ns: int | None = None) -> dict[str, Any] | None:
         """End the running episode, if any, as ``aborted`` (recorder shutting down)."""
         if self._active is None:
+            self.catalog.write_deferred()
             return None
         record, _ = self.end(outcome="aborted", reason="recorder shutdown", now_ns=now_ns)
         return record
+
+    def retry_catalog(self) -> str:
+        """Write deferred catalog updates (at most every ``CATALOG_RETRY_PERIOD``) and take the
+        disk reserve back; returns a message when the catalog has just caught up, else ''."""
+        if not self.catalog.deferred or time.monotonic() < self._next_catalog_retry:
+            return ""
+        self._next_catalog_retry = time.monotonic() + CATALOG_RETRY_PERIOD
+        ids = self.catalog.deferred
+        if self.catalog.write_deferred():
+            return ""
+        self.reserve.ensure()
+        return f"the episode catalog is up to date again ({', '.join(ids)})"
 
     # -- events -------------------------------------------------------------------------------
 
@@ -336,6 +363,28 @@ class EpisodeRecorder:
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _check_disk(self) -> None:
+        """Refuse to start while catalog updates wait for room, below min_free_space_mb, or
+        without the disk reserve (the disk is full)."""
+        problem = self.catalog.write_deferred()
+        if problem:
+            raise RecorderError(f"not starting: {problem}")
+        free = self._free_space_mb()
+        if free < self.config.min_free_space_mb:
+            raise RecorderError(f"not starting: {free:.0f} MB free in {self.record_dir}, below "
+                                f"min_free_space_mb={self.config.min_free_space_mb:g}; free disk "
+                                f"space or move record_dir")
+        if not self.reserve.ensure():
+            raise RecorderError(f"not starting: the disk of {self.record_dir} is full (no room "
+                                f"for the {self.reserve.wanted_bytes() / 1e6:.1f} MB kept to "
+                                f"close an episode); free disk space")
+
+    def _remove_bag(self, bag: BagWriter | None, bag_path: Path) -> None:
+        """Undo a start that failed: the bag directory it created goes (it holds nothing)."""
+        if bag is not None:
+            bag.abandon()
+        shutil.rmtree(bag_path, ignore_errors=True)
+
     def _end_ended(self, episode_id: str, outcome: str, reward: float,
                    now_ns: int) -> tuple[dict[str, Any], str]:
         if not episode_id:
@@ -349,59 +398,6 @@ class EpisodeRecorder:
         record = self.label(episode_id, outcome, reward, now_ns)
         return record, (f"episode {episode_id} had already ended ({record.get('end_reason')}); "
                         f"labelled {outcome}")
-
-    def _enqueue(self, active: _Active, topic: str, timestamp_ns: int, data: bytes,
-                 force: bool = False) -> bool:
-        size = len(data)
-        with active.lock:
-            if not force and (active.failure or
-                              active.queued_bytes + size > self.config.max_queue_mb * 1e6):
-                active.dropped += 1
-                return False
-            active.queued_bytes += size
-        active.queue.put((topic, timestamp_ns, data))
-        return True
-
-    def _writer_loop(self, active: _Active) -> None:
-        period = max(0.05, min(self.config.flush_period, 1.0))
-        next_check = time.monotonic()
-        while True:
-            try:
-                item = active.queue.get(timeout=period)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                break
-            if item is not None:
-                topic, timestamp_ns, data = item
-                with active.lock:
-                    active.queued_bytes -= len(data)
-                if active.failure and topic != self.config.events_topic:
-                    continue
-                try:
-                    active.bag.write(topic, timestamp_ns, data)
-                except Exception as exc:  # noqa: BLE001 - reported through poll()
-                    self._fail(active, f"writing the bag failed: {exc}")
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + period
-                self._check(active)
-
-    def _check(self, active: _Active) -> None:
-        try:
-            active.bag.flush()
-        except Exception as exc:  # noqa: BLE001
-            self._fail(active, f"flushing the bag failed: {exc}")
-            return
-        free = self._free_space_mb()
-        if free < self.config.min_free_space_mb and not active.failure:
-            self._fail(active, f"disk space low: {free:.0f} MB free in {self.record_dir}, below "
-                               f"min_free_space_mb={self.config.min_free_space_mb:g}; recording "
-                               f"stopped")
-
-    def _fail(self, active: _Active, reason: str) -> None:
-        if not active.failure:
-            log.error("%s", reason)
-            active.failure = reason
 
     def _disk_free_mb(self) -> float:
         return shutil.disk_usage(self.record_dir).free / 1e6
