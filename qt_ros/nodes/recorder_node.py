@@ -9,6 +9,12 @@ Services: ``~/start_episode`` (StartEpisode), ``~/end_episode`` (EndEpisode),
 local, depth 10). Parameters: the fields of ``RecorderNodeConfig``
 (:mod:`qt_ros.episodes.recorder_config`), documented in ``config/recorder.yaml``.
 
+``start_episode`` is safe to retry: a request repeating the one that started the running episode
+(the same ``episode_id``, or none and the same instruction within ``START_REPEAT_WINDOW`` s)
+answers with that episode, and every answer carries the id of the episode recording, if any.
+Ending an episode that already ended publishes no second ENDED (an outcome given then is a label:
+one LABELLED), so each decision is one event.
+
 An episode also ends on the policy's terminate flag (``PolicyStep.terminate``; outcome
 ``unknown``, to be labelled), on ``max_episode_duration`` (``timeout_outcome``), when the disk
 gets below ``min_free_space_mb`` (``aborted``, with an error event) and on shutdown (``aborted``).
@@ -26,6 +32,7 @@ from rosbags.typesys import get_types_from_msg
 from std_msgs.msg import String
 
 from qt_ros.episodes.bag_writer import offered_qos
+from qt_ros.episodes.disk_reserve import NODE_RESERVE_MB
 from qt_ros.episodes.recorder import EpisodeRecorder, RecorderError, event_fields
 from qt_ros.episodes.recorder_config import NOT_PARAMETERS, RecorderNodeConfig
 from qt_ros.msg import EpisodeEvent, PolicyStep
@@ -55,7 +62,7 @@ class RecorderNode(Node):
         # Every parameter (config/recorder.yaml documents them), from RecorderNodeConfig.
         self.config = declare_config(self, RecorderNodeConfig, skip=NOT_PARAMETERS,
                                      events_topic=self._resolve("episode_events"))
-        self.recorder = EpisodeRecorder(self.config)
+        self.recorder = EpisodeRecorder(self.config, reserve_mb=NODE_RESERVE_MB)
         stale = self.recorder.recover()
         if stale:
             self.get_logger().warning(
@@ -132,26 +139,44 @@ class RecorderNode(Node):
                 self.get_logger().error(reason)
                 self._publish(EpisodeEvent.ERROR, self.recorder.active_record or {}, reason)
             self._end(outcome, -1.0, reason)
+        caught_up = self.recorder.retry_catalog()
+        if caught_up:
+            self.get_logger().info(caught_up)
 
     def _on_start(self, request, response):
+        instruction = request.instruction or self._latest_instruction()
+        record = self.recorder.repeated_start(instruction, request.episode_id, self._now())
+        if record is not None:  # a retry whose first answer was lost: the same answer
+            self._answer_start(response, record)
+            response.message = (f"already recording episode {record['episode_id']}: this "
+                                 f"start_episode repeats the one that started it")
+            self.get_logger().info(response.message)
+            return response
         try:
-            record = self.recorder.start(request.instruction or self._latest_instruction(),
-                                         request.episode_id, self._now())
+            record = self.recorder.start(instruction, request.episode_id, self._now())
         except RecorderError as exc:
+            running = self.recorder.active_record
+            if running is not None:  # the answer names what is recording
+                self._answer_start(response, running)
             response.success, response.message = False, str(exc)
             self.get_logger().error(str(exc))
             self._publish(EpisodeEvent.ERROR, {"episode_id": request.episode_id,
                                   "instruction": request.instruction}, str(exc))
             return response
-        response.success = True
-        response.episode_id = record["episode_id"]
-        response.bag_path = str(self.recorder.record_dir / record["bag"])
+        self._answer_start(response, record)
         response.message = f"recording episode {record['episode_id']}"
         self.get_logger().info(f"{response.message}: '{record['instruction']}'")
         self._publish(EpisodeEvent.STARTED, record, "started")
         return response
 
+    def _answer_start(self, response, record: dict) -> None:
+        response.success = True
+        response.episode_id = record["episode_id"]
+        response.bag_path = str(self.recorder.record_dir / record["bag"])
+
     def _on_end(self, request, response):
+        running = self.recorder.active_id
+        ends_running = running is not None and request.episode_id in ("", running)
         try:
             record, message = self.recorder.end(request.episode_id, request.outcome,
                                                 request.reward, "end_episode", self._now())
@@ -160,7 +185,12 @@ class RecorderNode(Node):
             return response
         response.success, response.message = True, message
         response.bag_path = str(self.recorder.record_dir / record["bag"])
-        self._announce_end(record, message)
+        if ends_running:
+            self._announce_end(record, message)
+        else:  # it had already ended (e.g. on the policy's terminate step): no second ENDED
+            self.get_logger().info(message)
+            if request.outcome not in ("", "unknown"):  # the outcome was applied as a label
+                self._publish(EpisodeEvent.LABELLED, record, message)
         return response
 
     def _on_label(self, request, response):
