@@ -310,3 +310,115 @@ def test_definitions_generated_from_rclpy_classes_match_ros(cls, name):
     msgdef, rihs01 = _definition_from_class(store, cls, name)
     assert rihs01 == get_typestore(Stores.ROS2_KILTED).hash_rihs01(name)
     assert msgdef.startswith("std_msgs/Header header\n")
+
+
+def _start_and_lose_the_answer(domain_id: int, request, arrived) -> None:
+    """A start_episode whose answer the caller never reads (it timed out, or crashed): sent from
+    a node nobody spins, which is gone once the request has ``arrived()``."""
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id,
+               signal_handler_options=SignalHandlerOptions.NO)
+    node = rclpy.create_node("impatient_client", context=context)
+    try:
+        client = node.create_client(StartEpisode, "/recorder/start_episode")
+        wait_for(client.service_is_ready, 60, what="start_episode")
+        client.call_async(request)
+        wait_for(arrived, 30, what="the first start")
+    finally:
+        node.destroy_node()
+        context.try_shutdown()
+
+
+def test_a_retried_start_whose_answer_was_lost_gets_the_running_id(spawn, probe, ros_env,
+                                                                    tmp_path):
+    domain_id = int(ros_env["ROS_DOMAIN_ID"])
+    record_dir = tmp_path / "episodes"
+    spawn(recorder_args(record_dir), name="recorder")
+    events = probe.collect(EpisodeEvent, "episode_events", EVENTS)
+
+    def started(match) -> list:
+        return [e for _, e in list(events) if e.event == EpisodeEvent.STARTED and match(e)]
+
+    # a client-chosen id: the retry is the running episode, whenever it comes
+    request = StartEpisode.Request(instruction="stack", episode_id="chosen")
+    _start_and_lose_the_answer(domain_id, request,
+                               lambda: started(lambda e: e.episode_id == "chosen"))
+    retry = probe.call(StartEpisode, "/recorder/start_episode", request)
+    assert retry.success and retry.episode_id == "chosen", retry.message
+    assert retry.bag_path == str(record_dir / "chosen") and "repeats" in retry.message
+    other = probe.call(StartEpisode, "/recorder/start_episode",
+                       StartEpisode.Request(instruction="wipe", episode_id="other"))
+    assert not other.success and "still recording" in other.message
+    assert other.episode_id == "chosen"  # a refusal names what is recording
+    assert probe.call(EndEpisode, "/recorder/end_episode",
+                      EndEpisode.Request(episode_id="chosen")).success
+
+    # no id: the same instruction again, soon after, is the same request
+    request = StartEpisode.Request(instruction="wipe")
+    _start_and_lose_the_answer(domain_id, request,
+                               lambda: started(lambda e: e.instruction == "wipe"))
+    first = started(lambda e: e.instruction == "wipe")[0]
+    retry = probe.call(StartEpisode, "/recorder/start_episode", request)
+    assert retry.success and retry.episode_id == first.episode_id, retry.message
+    assert probe.call(EndEpisode, "/recorder/end_episode",
+                      EndEpisode.Request(episode_id=retry.episode_id)).success
+    assert len(started(lambda e: True)) == 2  # one STARTED per episode, none for a retry
+    assert sorted(EpisodeCatalog(record_dir).episodes()) == sorted(["chosen", first.episode_id])
+
+
+def test_a_policy_terminating_on_its_first_step_is_labelled_once(spawn, probe, tmp_path):
+    """The policy's terminate step ends the episode and its own end_episode call follows at
+    once; the simulator labels every episode that ends without an outcome. One ENDED, one
+    LABELLED, one label in the catalog (the end call used to publish a second ENDED)."""
+    record_dir = tmp_path / "episodes"
+    events = probe.collect(EpisodeEvent, "episode_events", EVENTS)
+    recorder = spawn(recorder_args(record_dir), name="recorder")
+    sim = spawn(python_args("-m", "qt_ros.nodes.sim_robot_node", "--ros-args",
+                            "-p", "image_width:=64", "-p", "image_height:=64"), name="sim")
+    step = probe.publisher(PolicyStep, "policy_step", RELIABLE)
+
+    def ready() -> bool:
+        assert recorder.alive() and sim.alive(), recorder.output() + sim.output()
+        return (step.get_subscription_count() > 0  # the recorder
+                and probe.node.count_subscribers("/episode_events") >= 2)  # probe and sim
+    wait_for(ready, 90, what="the recorder and the simulator")
+    wait_short(1.0)  # the simulator's label client finds the recorder's service
+
+    def count(episode: str, kind: int) -> int:
+        return sum(1 for _, e in list(events) if e.episode_id == episode and e.event == kind)
+
+    for k in range(2):
+        episode = f"first-step-{k}"
+        start = probe.call(StartEpisode, "/recorder/start_episode",
+                           StartEpisode.Request(instruction="lift", episode_id=episode),
+                           timeout=30)
+        assert start.success, start.message
+        step.publish(PolicyStep(episode_id=episode, terminate=True, model_id="m"))
+        end = probe.call(EndEpisode, "/recorder/end_episode",
+                         EndEpisode.Request(episode_id=episode, outcome="unknown"))
+        assert end.success, end.message
+        wait_for(lambda e=episode: count(e, EpisodeEvent.LABELLED), 20, what="the label")
+        wait_short(1.5)  # a second label would have come by now
+        assert count(episode, EpisodeEvent.ENDED) == 1
+        assert count(episode, EpisodeEvent.LABELLED) == 1
+        assert len(EpisodeCatalog(record_dir).get(episode)["labels"]) == 1
+
+
+def test_a_full_disk_with_the_guard_off_keeps_catalog_and_disk_in_agreement(ros_env, tmp_path):
+    """min_free_space_mb 0 and a 16 MB tmpfs (a private mount namespace) filled by an episode:
+    ERROR and an aborted end; the catalog matches the bags at once; a start while full is
+    refused and leaves nothing; recording resumes once space is back; earlier bags intact."""
+    from qt_ros.faults.recorder_faults import run_disk_full
+
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("`unshare -rm` (a private tmpfs) is not allowed on this machine")
+    report = run_disk_full(tmp_path, int(ros_env["ROS_DOMAIN_ID"]))
+    assert report["error_events"] >= 1 and report["ended"] == ["aborted"], report
+    assert report["disagreements_while_full"] == [], report
+    assert "is full" in report["start_while_full"], report
+    assert report["orphans_while_full"] == [] and report["orphans_after"] == [], report
+    assert report["resumed"] and report["disagreements_after"] == [], report
+    assert report["earlier_bag_intact"] is True, report
