@@ -179,6 +179,10 @@ class BagReader:
         or a writer that left the CRCs out)."""
         if self.storage == "mcap" and self.complete:
             self.damage = [d for f in self.data_files for d in check_crcs(f)]
+            if not self.damage and self._mcap:  # checked: no need to check again while reading
+                from mcap.reader import make_reader
+
+                self._mcap = [make_reader(s) for s in self._streams]
         return self.damage
 
     def deserialize(self, data: bytes, msgtype: str) -> Any:

@@ -125,33 +125,59 @@ def mcap_records(path: Path, *, problems: list[str] | None,
 
 def check_crcs(path: Path) -> list[str]:
     """Check a complete MCAP file against its CRCs; returns what is damaged, in words (empty:
-    intact, or no CRCs to check). Reads the whole file once; decodes no message."""
-    from mcap.records import Chunk, DataEnd
-    from mcap.stream_reader import CRCValidationError, StreamReader, get_chunk_data_stream
+    intact, or no CRCs to check). Decodes no message: one CRC over the data section when the file
+    has that CRC and it matches; else each chunk's CRC, which also names the damaged chunks."""
+    size = path.stat().st_size
+    damage = _summary_damage(path, size)
+    data_crc, data_end = _data_end(path, size)
+    if data_crc:
+        crc = 0
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(min(1 << 22, data_end - f.tell())), b""):
+                crc = zlib.crc32(block, crc)
+        if crc == data_crc:
+            return [f"{path.name}: {d}" for d in damage]
+    chunks = _damaged_chunks(path)
+    if data_crc and not chunks:
+        chunks = ["the data section fails its CRC outside the chunks' records"]
+    return [f"{path.name}: {d}" for d in chunks + damage]
 
-    damage: list[str] = []
-    data_end = False
+
+def _data_end(path: Path, size: int) -> tuple[int, int]:
+    """(data-section CRC, offset of the DataEnd record) from the footer; (0, 0) if unknown."""
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 8 - 29))
+        footer = f.read(29)
+        if len(footer) < 29 or footer[0] != 0x02:
+            return 0, 0
+        start = struct.unpack_from("<Q", footer, 9)[0]
+        if not 8 + 13 <= start <= size:
+            return 0, 0
+        f.seek(start - 13)
+        opcode, length, crc = struct.unpack("<BQI", f.read(13))
+    return (crc, start - 13) if opcode == 0x0F and length == 4 else (0, 0)
+
+
+def _damaged_chunks(path: Path) -> list[str]:
+    """The chunks whose records fail their CRC (or do not decompress), in words."""
+    from mcap.records import Chunk, DataEnd
+    from mcap.stream_reader import StreamReader, get_chunk_data_stream
+
+    damage = []
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        reader = StreamReader(f, skip_magic=False, emit_chunks=True, validate_crcs=True)
         try:
-            for rec in reader.records:
+            for rec in StreamReader(f, skip_magic=False, emit_chunks=True).records:
                 if isinstance(rec, Chunk):
                     try:
                         get_chunk_data_stream(rec, validate_crc=True)
-                    except Exception as exc:  # noqa: BLE001 - a CRC mismatch or corrupt data
+                    except Exception as exc:  # noqa: BLE001 - CRC mismatch or corrupt data
                         damage.append(f"{_chunk_name(rec)} is damaged ({_why(exc)})")
-                data_end = data_end or isinstance(rec, DataEnd)
-        except CRCValidationError as exc:  # the data section's CRC, at its end
-            if not damage:
-                damage.append(f"the data section fails its CRC outside the chunks' records "
-                              f"({_why(exc)})")
-            data_end = True
+                elif isinstance(rec, DataEnd):
+                    break
         except Exception as exc:  # noqa: BLE001 - records that stop making sense
-            if not data_end:
-                damage.append(f"unreadable at byte {f.tell()} of {size} ({_why(exc)})")
-    damage += _summary_damage(path, size)
-    return [f"{path.name}: {d}" for d in damage]
+            damage.append(f"unreadable at byte {f.tell()} of {size} ({_why(exc)})")
+    return damage
 
 
 def _summary_damage(path: Path, size: int) -> list[str]:
