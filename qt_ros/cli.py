@@ -28,7 +28,10 @@ VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "train": ("qt_ros.commands.train", "train a Q-Transformer offline on a dataset"),
     "compare": ("qt_ros.commands.compare",
                 "train Q-T, BC and ablations on one dataset, evaluate each (Markdown table)"),
-    "eval": ("qt_ros.commands.eval", "closed-loop success of a checkpoint on the simulated robot"),
+    "eval": ("qt_ros.commands.eval", "closed-loop success of a checkpoint on the simulated robot "
+                                     "(--offline: Q and TD error on a dataset)"),
+    "export": ("qt_ros.commands.export",
+               "export a checkpoint's acting path to ONNX or TorchScript, checked against it"),
     "sim": {
         "collect": ("qt_ros.commands.sim_collect",
                     "record demonstrations and noisy replays on the simulated robot, fast"),

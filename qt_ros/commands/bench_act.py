@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -110,20 +112,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--camera", default=None,
                         help="HxW of the incoming frames, resized inside (default: image size)")
+    parser.add_argument("--runtime", choices=("torch", "onnx", "torchscript", "both"),
+                        default="torch",
+                        help="what acts: the PyTorch policy, its qt-ros export run by ONNX "
+                             "Runtime or TorchScript (CPU), or both torch and onnx, compared")
 
 
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = build_model(args)
-    encoder = make_encoder(EncoderConfig(kind="hash", dim=model.cfg.instruction_dim))
-    policy = Policy(model, tokenizer, encoder)
+    encoder_config = EncoderConfig(kind="hash", dim=model.cfg.instruction_dim)
     h, w = ((int(v) for v in args.camera.lower().split("x")) if args.camera
             else (args.image_size, args.image_size))
     rng = np.random.default_rng(args.seed)
     frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(16)]
     state = np.zeros(args.state_dim, dtype=np.float32) if args.state_dim else None
+    runtimes = ["torch", "onnx"] if args.runtime == "both" else [args.runtime]
+    timings = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for runtime in runtimes:
+            if runtime == "torch":
+                policy = Policy(model, tokenizer, make_encoder(encoder_config))
+            else:
+                policy = _exported(model, tokenizer, encoder_config, Path(tmp), runtime,
+                                   args.threads or 1)
+            timings[runtime] = _time_policy(policy, frames, state, args)
+    result = {"benchmark": "act", **describe(model, args), "camera": f"{h}x{w}",
+              "steps": args.steps, **timings[runtimes[0]],
+              "note": "per control step: newest frame encoded, history cached, greedy decoding"}
+    if len(runtimes) > 1:
+        result["runtimes"] = timings
+        result["onnx_vs_torch_p50"] = round(timings["onnx"]["step_ms"]["p50"]
+                                            / timings["torch"]["step_ms"]["p50"], 3)
+        result["onnx_vs_torch_p99"] = round(timings["onnx"]["step_ms"]["p99"]
+                                            / timings["torch"]["step_ms"]["p99"], 3)
+    result["runtime"] = args.runtime
+    print(json.dumps(result))
+    return 0
+
+
+def _exported(model, tokenizer, encoder_config, tmp: Path, runtime: str, threads: int):
+    """The model saved as a checkpoint, exported by ``qt-ros export``'s code, loaded back."""
+    from qt_ros.qtransformer.checkpoint import save_checkpoint
+    from qt_ros.qtransformer.exported_policy import ExportedPolicy
+    from qt_ros.qtransformer.policy_export import export_checkpoint
+
+    save_checkpoint(tmp / "ckpt", model, tokenizer, encoder_config)
+    fmt = "onnx" if runtime == "onnx" else "torchscript"
+    return ExportedPolicy(export_checkpoint(tmp / "ckpt", tmp / fmt, fmt), threads=threads)
+
+
+def _time_policy(policy, frames: list[np.ndarray], state, args: argparse.Namespace) -> dict:
     synchronize = (torch.cuda.synchronize if str(args.device).startswith("cuda")
                    else lambda: None)
-
     instruction = "pick up the red block and put it in the bowl"
     policy.reset(instruction)
     t = time.perf_counter()
@@ -148,13 +188,6 @@ def run(args: argparse.Namespace) -> int:
         times.append(time.perf_counter() - t)
         cpu_times.append(time.process_time() - c)
     pressure.append(cpu_pressure())
-    result = {"benchmark": "act", **describe(model, args),
-              "camera": f"{h}x{w}", "steps": args.steps,
-              "step_ms": percentiles(times),
-              "step_cpu_ms": percentiles(cpu_times),
-              "episode_first_step_ms": round(float(np.median(first)) * 1e3, 3),
-              "cold_start_ms": round(cold * 1e3, 1),
-              "cpu_pressure_pct": pressure,
-              "note": "per control step: newest frame encoded, history cached, greedy decoding"}
-    print(json.dumps(result))
-    return 0
+    return {"step_ms": percentiles(times), "step_cpu_ms": percentiles(cpu_times),
+            "episode_first_step_ms": round(float(np.median(first)) * 1e3, 3),
+            "cold_start_ms": round(cold * 1e3, 1), "cpu_pressure_pct": pressure}

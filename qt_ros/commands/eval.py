@@ -11,6 +11,13 @@ loop: the sanity anchor (it should succeed almost always). The work is
 
     qt-ros eval ckpt/ --episodes 30 --workers 2 --video 3
     qt-ros eval --policy demonstrator --episodes 20
+
+``--offline CHECKPOINT DATASET`` needs no simulator: TD error, predicted Q against the Monte
+Carlo return of successful and failed episodes and the greedy action's per-dimension agreement
+with the demonstrations, on the dataset's steps, as ``offline_eval.json`` and
+``offline_eval.png`` (:mod:`qt_ros.evaluation.offline_eval`)::
+
+    qt-ros eval --offline ckpt/ data/ [--offline-steps 2000]
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 from qt_ros.common.settings import add_arguments as add_config_arguments
 from qt_ros.common.settings import from_namespace
@@ -30,12 +38,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", nargs="?", default="",
                         help="checkpoint directory (qt-ros train output); not needed with "
                              "--policy demonstrator")
+    parser.add_argument("dataset", nargs="?", default="",
+                        help="with --offline: the dataset to evaluate on (qt-ros convert --out)")
+    parser.add_argument("--offline", action="store_true",
+                        help="evaluate on DATASET instead of the simulator: TD error, Q vs "
+                             "Monte Carlo return, agreement with the demonstrations (JSON, PNG)")
+    parser.add_argument("--offline-steps", type=int, default=0,
+                        help="with --offline: dataset steps to read, evenly spaced (0: all)")
     add_config_arguments(parser, EvalConfig, skip=("checkpoint",))
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate; a user's mistake (no checkpoint, one that does not fit the simulated robot,
     no episodes) is a message and exit status 2, not a traceback."""
+    if args.offline:
+        return run_offline(args)
     from tqdm import tqdm
 
     from qt_ros.control.policy_config import ConfigError
@@ -80,5 +97,55 @@ def run(args: argparse.Namespace) -> int:
     paths = [eval_report.write_json(summary, out), eval_report.plot(summary, out)]
     paths += eval_report.write_videos(outcomes, out)
     print(eval_report.summary_text(summary))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def run_offline(args: argparse.Namespace) -> int:
+    """``--offline``: the checkpoint's Q function on a dataset's steps (no simulator)."""
+    from qt_ros.data.dataset_format import DatasetError
+    from qt_ros.data.torch_dataset import QTransformerDataset
+    from qt_ros.evaluation import offline_eval
+    from qt_ros.qtransformer.checkpoint import CheckpointError, load_model
+    from qt_ros.qtransformer.instruction_encoder import make_encoder
+    from qt_ros.qtransformer.learner_config import LearnerConfig
+
+    if not args.checkpoint or not args.dataset:
+        print("qt-ros eval: --offline needs a checkpoint and a dataset: qt-ros eval --offline "
+              "CHECKPOINT DATASET", file=sys.stderr)
+        return 2
+    try:
+        model, _, encoder_config, config = load_model(args.checkpoint, args.device)
+        extra = config.get("extra") or {}
+        train = extra.get("train") or {}
+        learner = LearnerConfig(**{k: v for k, v in (extra.get("learner") or {}).items()
+                                   if k in LearnerConfig.__dataclass_fields__})
+        dataset = QTransformerDataset(
+            args.dataset, history=model.cfg.history, n_step=int(train.get("n_step", 1)),
+            gamma=float(train.get("gamma", 0.98)),
+            instruction_embeddings=make_encoder(encoder_config).encode_batch)
+        if (tuple(dataset.image_size), dataset.state_dim, tuple(dataset.tokenizer.bins)) != (
+                tuple(model.cfg.image_size), model.cfg.state_dim, tuple(model.cfg.action_bins)):
+            raise DatasetError(f"dataset {args.dataset} (image {tuple(dataset.image_size)}, "
+                               f"state {dataset.state_dim}, bins {dataset.tokenizer.bins}) does "
+                               f"not fit checkpoint {args.checkpoint} (image "
+                               f"{tuple(model.cfg.image_size)}, state {model.cfg.state_dim}, "
+                               f"bins {list(model.cfg.action_bins)})")
+    except (CheckpointError, DatasetError, ValueError, OSError) as e:
+        print(f"qt-ros eval: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path(args.checkpoint) / f"offline-{Path(args.dataset).name}")
+    out.mkdir(parents=True, exist_ok=True)
+    summary, steps = offline_eval.evaluate(model, dataset, learner, args.offline_steps)
+    summary.update(checkpoint=str(args.checkpoint), dataset=str(args.dataset),
+                   model_id=config.get("model_id"))
+    paths = [offline_eval.write_json(summary, out), offline_eval.plot(summary, steps, out)]
+    q = summary["q_vs_return"]
+    print(f"{summary['steps']} steps: TD error {summary['td_error']:.4g}; Q / return: "
+          + "; ".join(f"{g} {q[g]['mean_q']:.3f} / {q[g]['mean_return']:.3f}"
+                      for g in ("success", "failure") if q[g]["steps"])
+          + (f"; agreement with the {summary['agreement']['reference']} "
+             f"{summary['agreement']['mean']:.1%}" if summary["agreement"]["mean"] is not None
+             else ""))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

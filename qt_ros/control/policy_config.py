@@ -43,7 +43,8 @@ class ConfigError(ValueError):
 class PolicyConfig:
     """The policy node's parameters (ROS parameters of the same names)."""
 
-    checkpoint: str = setting("", "checkpoint directory (model.safetensors + config.json); "
+    checkpoint: str = setting("", "checkpoint directory (model.safetensors + config.json), or "
+                              "an export of one (qt-ros export: ONNX Runtime on the CPU); "
                               "required")
     device: str = setting("cpu", "torch device for the model: cpu, cuda or cuda:N")
     num_threads: int = setting(1, "torch CPU threads (0: torch's default, one per core); more "
@@ -288,8 +289,16 @@ def load_policy(config: PolicyConfig) -> tuple[Any, ActionLayout]:
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{config.device}' asked for but CUDA is not available here; "
                           f"set device:=cpu")
+    from qt_ros.qtransformer.exported_policy import ExportedPolicy, is_export
+
+    if is_export(config.checkpoint) and config.device != "cpu":
+        raise ConfigError(f"'{config.checkpoint}' is an exported model (qt-ros export), which "
+                          f"runs on the CPU: set device:=cpu, or point checkpoint at the "
+                          f"checkpoint itself to use '{config.device}'")
     try:
-        policy = checkpoint.load_policy(config.checkpoint, device=config.device)
+        policy = (ExportedPolicy(config.checkpoint, threads=config.num_threads)
+                  if is_export(config.checkpoint)
+                  else checkpoint.load_policy(config.checkpoint, device=config.device))
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError(f"cannot load checkpoint '{config.checkpoint}': {e}") from e
     layout = config.resolve(policy.tokenizer, int(policy.state_dim))

@@ -170,8 +170,11 @@ def test_torchrun_two_processes_train_like_one_with_the_global_batch(dataset, tm
     two, single = load_file(ddp / "model.safetensors"), load_file(one / "model.safetensors")
     last = load_file(ddp / "last" / "model.safetensors")
     assert all(np.array_equal(two[k], last[k]) for k in two)   # last/ is the final checkpoint
+    # Adam moves a weight by up to lr = 1e-3 a step whatever its gradient, so the different
+    # reduction order of DDP shows as ~1e-6 on weights whose gradient is ~0; another batch
+    # would differ by ~1e-3.
     for name, value in single.items():
-        np.testing.assert_allclose(two[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(two[name], value, rtol=1e-4, atol=2e-5, err_msg=name)
     lines = [(ddp / "metrics.jsonl").read_text().splitlines(),
              (one / "metrics.jsonl").read_text().splitlines()]
     assert [json.loads(x)["step"] for x in lines[0]] == [3, 6]
