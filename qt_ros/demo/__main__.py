@@ -29,6 +29,8 @@ RECIPE_OPTIONS = {
     "--train-steps": ("train_steps", int, "gradient steps of the first training"),
     "--train-minutes": ("train_minutes", float, "wall-time limit of the first training"),
     "--encoder": ("encoder", str, "instruction encoder: minilm | hash"),
+    "--tokenizer": ("tokenizer", str, "action tokenizer of the conversion, a file under "
+                                      "config/ ('': qt-ros convert's default)"),
     "--ros-episodes": ("ros_episodes", int, "policy episodes through the ROS nodes"),
     "--eval-episodes": ("eval_episodes", int, "in-process qt-ros eval episodes, before and "
                                               "after the second round (0: none)"),

@@ -13,6 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from qt_ros.common.files import shipped_config
 from qt_ros.demo.child_processes import DemoError, Processes
 from qt_ros.demo.recipe import Recipe
 from qt_ros.demo.ros_episodes import RosPolicyEpisodes, node_environment, write_sim_params
@@ -115,10 +116,17 @@ class Demo:
 
     def convert(self) -> None:
         episodes = self.paths["episodes"]
+        tokenizer = []
+        if self.recipe.tokenizer:
+            path = shipped_config(self.recipe.tokenizer)
+            if path is None:
+                raise DemoError(f"the recipe's tokenizer config/{self.recipe.tokenizer} is "
+                                f"missing")
+            tokenizer = ["--tokenizer", str(path)]
         status = self._cli("convert", str(episodes), "--out", str(self.paths["dataset"]),
                            "--mapping", str(episodes / "convert_mapping.yaml"),
                            "--image-size", str(self.recipe.image_size),
-                           "--workers", str(self.workers))
+                           "--workers", str(self.workers), *tokenizer)
         if status != 0 or not (self.paths["dataset"] / "dataset.json").exists():
             raise DemoError(f"qt-ros convert failed (status {status}); see above")
 

@@ -29,6 +29,11 @@ class Recipe:
     """Probability of a scripted mistake in a noisy replay."""
     image_size: int = 64
     """Camera image size of collection and training resolution of conversion (pixels)."""
+    tokenizer: str = "train/tokenizer_terminate_first.json"
+    """Action tokenizer of the conversion, a file under config/ (empty: qt-ros convert's
+    default, terminate decoded last). Terminate first: decoded last, after a prefix that
+    matches the data's final steps, Q-T chose "terminate" in 29 of 30 episodes at 6000 steps;
+    decoded first, in 0 of 30 (docs/design.md 7.1)."""
     collect_workers: int = 2
     """Worker processes of the collection (one simulator each)."""
 
