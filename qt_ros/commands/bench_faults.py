@@ -14,6 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", nargs="+", choices=sorted(SUITES), default=sorted(SUITES),
                         help="suites to run (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the injected faults")
+    for name in sorted(SUITES):  # each suite's own options (counts, rates); light imports only
+        module = importlib.import_module(SUITES[name])
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(parser.add_argument_group(f"{name} suite"))
 
 
 def run(args: argparse.Namespace) -> int:
