@@ -131,7 +131,11 @@ def test_bc_lowers_its_loss_and_its_accuracy_on_the_data_rises(bc_checkpoint):
     assert len(rows) == 15 and all(np.isfinite(r["loss"]) for r in rows)
     first, last = rows[0], rows[-1]
     assert last["cross_entropy"] < 0.7 * first["cross_entropy"]
-    assert last["accuracy"] > first["accuracy"] + 0.2
+    # The first row averages steps 1-10, already well above chance (~1/256 on the 256-bin
+    # dimensions); the data's ceiling is ~0.875 (bins that differ between episodes in the
+    # same state), so the rise is from ~0.7-0.8 to near that ceiling.
+    assert last["accuracy"] > first["accuracy"] + 0.08
+    assert last["accuracy"] > 0.85
     # The terminate dimension (2 valid bins of 256) starts near log 2, not log 256.
     assert first["cross_entropy"] < math.log(256)
     assert {f"accuracy_{n}" for n in ("x", "gripper", "terminate")} <= set(last)
