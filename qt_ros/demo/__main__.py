@@ -29,6 +29,8 @@ RECIPE_OPTIONS = {
     "--train-steps": ("train_steps", int, "gradient steps of the first training"),
     "--train-minutes": ("train_minutes", float, "wall-time limit of the first training"),
     "--encoder": ("encoder", str, "instruction encoder: minilm | hash"),
+    "--train-config": ("train_config", str, "qt-ros train --config file under config/ "
+                                            "('': none)"),
     "--tokenizer": ("tokenizer", str, "action tokenizer of the conversion, a file under "
                                       "config/ ('': qt-ros convert's default)"),
     "--ros-episodes": ("ros_episodes", int, "policy episodes through the ROS nodes"),

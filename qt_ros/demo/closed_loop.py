@@ -116,13 +116,7 @@ class Demo:
 
     def convert(self) -> None:
         episodes = self.paths["episodes"]
-        tokenizer = []
-        if self.recipe.tokenizer:
-            path = shipped_config(self.recipe.tokenizer)
-            if path is None:
-                raise DemoError(f"the recipe's tokenizer config/{self.recipe.tokenizer} is "
-                                f"missing")
-            tokenizer = ["--tokenizer", str(path)]
+        tokenizer = self._config_option("--tokenizer", self.recipe.tokenizer)
         status = self._cli("convert", str(episodes), "--out", str(self.paths["dataset"]),
                            "--mapping", str(episodes / "convert_mapping.yaml"),
                            "--image-size", str(self.recipe.image_size),
@@ -130,8 +124,18 @@ class Demo:
         if status != 0 or not (self.paths["dataset"] / "dataset.json").exists():
             raise DemoError(f"qt-ros convert failed (status {status}); see above")
 
+    def _config_option(self, option: str, name: str) -> list[str]:
+        """``[option, config/<name>]`` (none when ``name`` is empty); a missing file is an error."""
+        if not name:
+            return []
+        path = shipped_config(name)
+        if path is None:
+            raise DemoError(f"the recipe's {option} file config/{name} is missing")
+        return [option, str(path)]
+
     def _train(self, out: Path, steps: int, minutes: float, *init: str) -> None:
         r = self.recipe
+        init = (*self._config_option("--config", r.train_config), *init)
         env = dict(self.env)
         if self.train_threads > 0:
             env["OMP_NUM_THREADS"] = str(self.train_threads)

@@ -43,12 +43,15 @@ class Recipe:
     batch_size: int = 32
     lr: float = 1e-3
     """AdamW learning rate."""
-    train_steps: int = 12000
+    train_steps: int = 40000
     """Gradient steps of the first training round."""
     train_minutes: float = 12.0
     """Wall-time limit of the first training round (it stops at the steps or here)."""
     encoder: str = "minilm"
     """Instruction encoder: minilm (pretrained sentence encoder) or hash (starts faster)."""
+    train_config: str = "train/demo.yaml"
+    """``qt-ros train --config`` file under config/ (history, model fields; the recipe's own
+    options override it; empty: none)."""
     train_args: tuple[str, ...] = ()
     """Further ``qt-ros train`` options, e.g. ("--alpha", "1.0"), for both rounds."""
 
@@ -66,7 +69,7 @@ class Recipe:
     improve_episodes: int = 100
     """Policy episodes recorded (in-process, labelled by the simulator) for the second round,
     besides the ROS episodes."""
-    improve_steps: int = 3000
+    improve_steps: int = 10000
     """Gradient steps of the second training round."""
     improve_minutes: float = 3.0
     """Wall-time limit of the second training round."""
