@@ -44,6 +44,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame-layers", type=int, help="override the per-frame layers")
     parser.add_argument("--head-layers", type=int, help="override the head layers")
     parser.add_argument("--tokens", type=int, help="override TokenLearner tokens per frame")
+    parser.add_argument("--stem-stride", type=int,
+                        help="override the image stem's stride (2, 4 or 8)")
     parser.add_argument("--state-dim", type=int, default=0, help="proprioceptive state size")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -60,7 +62,7 @@ def build_model(args: argparse.Namespace) -> tuple[QTransformer, ActionTokenizer
                        action_bins=tuple(tokenizer.bins), d_model=args.d_model,
                        num_layers=args.layers, frame_layers=args.frame_layers,
                        head_layers=args.head_layers, tokens_per_frame=args.tokens,
-                       state_dim=args.state_dim)
+                       stem_stride=args.stem_stride, state_dim=args.state_dim)
     torch.manual_seed(args.seed)
     return QTransformer(cfg).to(args.device), tokenizer
 
@@ -78,6 +80,7 @@ def describe(model: QTransformer, args: argparse.Namespace) -> dict:
         "d_model": cfg.d_model,
         "layers": {"frame": cfg.frame_layers, "trunk": cfg.num_layers, "head": cfg.head_layers},
         "tokens_per_frame": cfg.tokens_per_frame,
+        "stem_stride": cfg.stem_stride,
         "state_dim": cfg.state_dim,
         "device": str(args.device),
         "threads": torch.get_num_threads(),

@@ -31,6 +31,7 @@ from qt_ros.commands.bench_act import (
     describe,
     percentiles,
 )
+from qt_ros.common.allocator import retain_freed_memory
 from qt_ros.data.returns import DEFAULT_GAMMA
 from qt_ros.qtransformer.learner import Learner, LearnerConfig
 from qt_ros.qtransformer.trainer import TrainConfig
@@ -52,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=TrainConfig.workers,
                         help="with --end-to-end: DataLoader workers (default: qt-ros train's)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--allocator", choices=("retain", "default"), default="retain",
+                        help="retain: keep freed memory for reuse, as qt-ros train does "
+                             "(qt_ros.common.allocator); default: glibc's settings")
 
 
 def random_batch(model, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -74,6 +78,7 @@ def random_batch(model, batch_size: int, seed: int = 0) -> dict[str, torch.Tenso
 
 
 def run(args: argparse.Namespace) -> int:
+    retained = args.allocator == "retain" and retain_freed_memory()
     model, _ = build_model(args)
     learner = Learner(model, LearnerConfig())
     if args.compile:
@@ -102,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     pressure.append(cpu_pressure())
     step_s = float(np.median(times))
     result = {"benchmark": "train", **describe(model, args), "batch_size": args.batch_size,
-              "steps": args.steps, "compile": args.compile,
+              "steps": args.steps, "compile": args.compile, "allocator_retains": retained,
               "samples_per_s": round(args.batch_size / step_s, 2),
               "s_per_step": round(step_s, 4),
               "step_ms": percentiles(times),

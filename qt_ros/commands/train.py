@@ -100,9 +100,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     """Train; a user's mistake (no dataset, a checkpoint or data that do not fit, a bad
     config file) is a message and exit status 2, not a traceback."""
+    from qt_ros.common.allocator import retain_freed_memory
     from qt_ros.qtransformer.checkpoint import CheckpointError
     from qt_ros.qtransformer.trainer import train
 
+    retain_freed_memory()
     try:
         cfg = config_from_args(args)
         train(cfg, resume=bool(getattr(args, "resume", None)))

@@ -1,2 +1,3 @@
 """Small helpers shared by every package: safe file writes, config dataclasses as the one source
-of every default (command-line options, ROS parameters and YAML files come from them)."""
+of every default (command-line options, ROS parameters and YAML files come from them), and the
+C allocator's setting that training runs under."""
