@@ -46,8 +46,10 @@ COMPARE_ARGS ?=
 compare: env
 	$(ENV) qt-ros sim collect --out $(COMPARE_DIR)/episodes $(COLLECT_ARGS) --resume \
 	  && qt-ros convert $(COMPARE_DIR)/episodes --out $(COMPARE_DIR)/dataset \
-	       --mapping $(COMPARE_DIR)/episodes/convert_mapping.yaml \
-	  && qt-ros compare $(COMPARE_DIR)/dataset --out $(COMPARE_DIR)/table $(COMPARE_ARGS)
+	       --mapping $(COMPARE_DIR)/episodes/convert_mapping.yaml --image-size 64 \
+	       --tokenizer config/train/tokenizer_terminate_first.json \
+	  && qt-ros compare $(COMPARE_DIR)/dataset --out $(COMPARE_DIR)/table \
+	       --config config/train/demo.yaml $(COMPARE_ARGS)
 
 clean:
 	rm -rf build install log .pytest_cache .ruff_cache

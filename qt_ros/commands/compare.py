@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    parser.add_argument("--config", metavar="YAML",
+                        help="qt-ros train --config file of every variant (history, model: "
+                             "and learner: fields, lr_schedule, ...); the options below "
+                             "override it, and each variant its own switches")
     parser.add_argument("--preset", default="tiny", help="model size of every variant")
     parser.add_argument("--steps", type=int, default=12000, help="gradient steps per variant")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -49,14 +53,15 @@ def run(args: argparse.Namespace) -> int:
     from qt_ros.data.dataset_format import DatasetError
     from qt_ros.evaluation.comparison import ComparisonError, compare, parse_variants
     from qt_ros.evaluation.eval_config import EvalConfig, EvalError
-    from qt_ros.qtransformer.learner_config import LearnerConfig
-    from qt_ros.qtransformer.trainer import TrainConfig
+    from qt_ros.qtransformer.train_config import TrainConfig, merge, read_config_file
 
     try:
         variants = parse_variants(args.variants)
-        learner = dataclasses.replace(LearnerConfig(), lr=args.lr)
-        base_train = from_namespace(TrainConfig, args, out=args.out, learner=learner,
-                                    workers=0)
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if f.name not in ("learner", "model") and hasattr(args, f.name)}
+        base_train = merge(read_config_file(args.config) if args.config else {},
+                           {**given, "dataset": (args.dataset,), "out": args.out, "workers": 0},
+                           {"lr": args.lr})
         base_eval = from_namespace(EvalConfig, args, checkpoint="-", out="")
     except (ComparisonError, EvalError, ValueError, TypeError) as e:
         print(f"qt-ros compare: {e}", file=sys.stderr)

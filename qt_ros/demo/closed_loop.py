@@ -259,10 +259,12 @@ class Demo:
                            str(r.collect_workers), "--resume")
         if status == 0:
             status = self._cli("convert", str(episodes), "--out", str(dataset), "--mapping",
-                               str(episodes / "convert_mapping.yaml"), "--workers",
-                               str(self.workers))
+                               str(episodes / "convert_mapping.yaml"), "--image-size",
+                               str(r.image_size), "--workers", str(self.workers),
+                               *self._config_option("--tokenizer", r.tokenizer))
         if status == 0:
             status = self._cli("compare", str(dataset), "--out", str(root / "table"),
+                               *self._config_option("--config", r.train_config),
                                "--preset", r.preset, "--steps", str(r.train_steps),
                                "--batch-size", str(r.batch_size), "--lr", f"{r.lr:g}",
                                "--encoder", r.encoder, "--max-minutes", f"{r.train_minutes:g}",

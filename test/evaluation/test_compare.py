@@ -36,8 +36,11 @@ def dataset(tmp_path_factory):
 
 def test_compare_trains_and_evaluates_each_variant_into_one_table(dataset, tmp_path):
     out = tmp_path / "cmp"
+    config = tmp_path / "train.yaml"        # every variant gets its model from the file
+    config.write_text("history: 1\nmodel:\n  stem_stride: 8\nsteps: 99\n")
     result = qt_ros("compare", str(dataset), "--out", str(out), "--variants", "qt,bc",
-                    "--steps", "4", "--batch-size", "4", "--episodes", "2", "--workers", "1")
+                    "--steps", "4", "--batch-size", "4", "--episodes", "2", "--workers", "1",
+                    "--config", str(config))
     rows = json.loads((out / "comparison.json").read_text())
     assert [r["variant"] for r in rows] == ["qt", "bc"]
     assert rows[0]["label"].startswith("Q-T") and rows[1]["label"] == "BC (successes)"
@@ -46,7 +49,9 @@ def test_compare_trains_and_evaluates_each_variant_into_one_table(dataset, tmp_p
         low, high = r["interval_95"]
         assert 0 <= low <= r["success_rate"] <= high <= 1
         assert (out / r["variant"] / "eval" / "eval.json").is_file()
-        assert (out / r["variant"] / "config.json").is_file()
+        model = json.loads((out / r["variant"] / "config.json").read_text())["model"]
+        assert model["history"] == 1 and model["stem_stride"] == 8
+        assert "steps: 4" in (out / r["variant"] / "train_config.yaml").read_text()
     table = (out / "comparison.md").read_text()
     assert "| qt |" in table and "| bc |" in table and table == result.stdout.split("wrote")[0]
     assert (out / "comparison.png").stat().st_size > 0
