@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from qt_ros.qtransformer.instruction_encoder import EncoderConfig, make_encoder
 from qt_ros.qtransformer.model import QTransformer
-from qt_ros.qtransformer.model_config import ModelConfig, model_config
+from qt_ros.qtransformer.model_config import ModelConfig, mismatch, model_config
 from qt_ros.qtransformer.policy import Exploration, Policy
 from qt_ros.qtransformer.tokenizer import ActionTokenizer
 
@@ -67,12 +67,9 @@ def save_checkpoint(directory: str | Path, model: QTransformer, tokenizer: Actio
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
-    if tuple(tokenizer.bins) != tuple(cfg.action_bins):
-        raise ValueError(f"tokenizer bins {tokenizer.bins} do not match the model's "
-                         f"{list(cfg.action_bins)}")
-    if encoder_config.dim != cfg.instruction_dim:
-        raise ValueError(f"encoder dim {encoder_config.dim} does not match the model's "
-                         f"instruction_dim {cfg.instruction_dim}")
+    problem = mismatch(cfg, tokenizer.bins, encoder_config.dim)
+    if problem:
+        raise ValueError(problem)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tmp = directory / (WEIGHTS + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
@@ -190,12 +187,10 @@ def parse_sections(path: Path, config: dict
     cfg = _section(path, config, "model", ModelConfig)
     tokenizer = _section(path, config, "tokenizer", ActionTokenizer)
     encoder = _section(path, config, "encoder", EncoderConfig)
-    if list(tokenizer.bins) != list(cfg.action_bins):
-        raise CheckpointError(f"{path}: field 'tokenizer.bins' {list(tokenizer.bins)} does not "
-                              f"match 'model.action_bins' {list(cfg.action_bins)}")
-    if encoder.dim != cfg.instruction_dim:
-        raise CheckpointError(f"{path}: field 'encoder.dim' {encoder.dim} does not match "
-                              f"'model.instruction_dim' {cfg.instruction_dim}")
+    problem = mismatch(cfg, tokenizer.bins, encoder.dim)
+    if problem:
+        raise CheckpointError(f"{path}: {problem} (fields 'tokenizer.bins', 'encoder.dim', "
+                              f"'model.action_bins', 'model.instruction_dim')")
     return cfg, tokenizer, encoder
 
 

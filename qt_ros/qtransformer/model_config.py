@@ -156,3 +156,15 @@ def model_config(preset: str = "small", **overrides) -> ModelConfig:
         raise ValueError(f"unknown model preset '{preset}'; choose one of {sorted(PRESETS)}")
     base = ModelConfig(**PRESETS[preset])
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def mismatch(cfg: ModelConfig, tokenizer_bins, encoder_dim: int) -> str | None:
+    """Why a tokenizer (its bins) or an instruction encoder (its dimension) cannot go with a
+    model of ``cfg``, or None when both fit. Saving, loading and acting all check this."""
+    if tuple(tokenizer_bins) != tuple(cfg.action_bins):
+        return (f"tokenizer bins {list(tokenizer_bins)} do not match the model's action bins "
+                f"{list(cfg.action_bins)}")
+    if encoder_dim != cfg.instruction_dim:
+        return (f"the instruction encoder's {encoder_dim}-d embeddings do not match the model's "
+                f"instruction_dim {cfg.instruction_dim}")
+    return None

@@ -21,6 +21,7 @@ import torch
 from qt_ros.data.images import resize_frame
 from qt_ros.qtransformer.instruction_encoder import InstructionEncoder
 from qt_ros.qtransformer.model import QTransformer
+from qt_ros.qtransformer.model_config import mismatch
 from qt_ros.qtransformer.tokenizer import ActionTokenizer
 
 
@@ -82,12 +83,9 @@ class Policy:
                  encoder: InstructionEncoder, model_id: str = "",
                  exploration: Exploration | None = None, seed: int = 0):
         cfg = model.cfg
-        if tuple(tokenizer.bins) != tuple(cfg.action_bins):
-            raise ValueError(f"tokenizer bins {tokenizer.bins} do not match the model's action "
-                             f"bins {list(cfg.action_bins)}")
-        if encoder.dim != cfg.instruction_dim:
-            raise ValueError(f"instruction encoder gives {encoder.dim}-d embeddings, the model "
-                             f"takes {cfg.instruction_dim}")
+        problem = mismatch(cfg, tokenizer.bins, encoder.dim)
+        if problem:
+            raise ValueError(problem)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.encoder = encoder
