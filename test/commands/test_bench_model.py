@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
-
 from qt_ros.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _keep_thread_count():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _bench(capsys, *argv):
