@@ -9,7 +9,8 @@ interval), ``comparison.json`` and ``comparison.png``; each variant's checkpoint
 
     qt-ros sim collect --out episodes/ --demos 200 --replays 0
     qt-ros convert episodes/ --out data/ --mapping episodes/convert_mapping.yaml
-    qt-ros compare data/ --out compare/ --preset tiny --steps 12000 --episodes 100
+    qt-ros compare data/ --out compare/ --preset tiny --steps 12000 --episodes 100 \
+        --config config/train/demo.yaml       # the model and training fields of every variant
 """
 
 from __future__ import annotations
