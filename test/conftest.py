@@ -121,3 +121,13 @@ def probe(env: dict[str, str]) -> Iterator:
     p = Probe(int(env["ROS_DOMAIN_ID"]))
     yield p
     p.close()
+
+
+@pytest.fixture
+def keep_thread_count() -> Iterator[None]:
+    """Restore torch's thread count after a test that runs a benchmark with ``--threads``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

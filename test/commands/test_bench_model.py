@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from qt_ros.cli import main
+
+pytestmark = pytest.mark.usefixtures("keep_thread_count")
 
 
 def _bench(capsys, *argv):

@@ -9,6 +9,8 @@ import pytest
 
 from qt_ros.cli import main
 
+pytestmark = pytest.mark.usefixtures("keep_thread_count")
+
 
 def _bench(capsys, *argv):
     assert main(["bench", *argv]) == 0
