@@ -5,8 +5,9 @@ patches of the stem, activations) every step. glibc's ``malloc`` serves buffers 
 threshold (128 KiB at start) with fresh ``mmap`` pages and returns them to the kernel on
 ``free``, so every step pays the page faults of zero-filling them again. Raising the mmap and
 trim thresholds keeps the buffers in the heap, where the next step reuses them. Measured on the
-2-core VM (``tiny``, 64x64, batch 32, 1 thread, 300 steps after warm-up): a Q-T step 44-48 ms
--> 33-38 ms (docs/design.md 7.1). PyTorch's documentation gives the same advice for CPU
+2-core VM with farm-bench (``qt-ros bench train --allocator retain`` against ``default``,
+``tiny``, 64x64, batch 32, 1 thread, 300 steps, 4 pairs): wall 0.94x, system time 2.7 s -> 0.7 s
+a run (docs/design.md 7.1). PyTorch's documentation gives the same advice for CPU
 training (``MALLOC_*`` variables or jemalloc/tcmalloc); this does it without a preload.
 
 ``QT_ROS_RETAIN_FREED_MEMORY=0`` turns it off; glibc's own ``MALLOC_MMAP_THRESHOLD_`` or

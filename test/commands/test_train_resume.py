@@ -46,15 +46,12 @@ def _train_process(*args: str) -> subprocess.Popen:
 
 
 @pytest.fixture
-def one_thread():
+def one_thread(keep_thread_count):
     """Bitwise equality needs one thread in every process: with two, the embedding's backward
     sums in an order that depends on scheduling (measured: 1e-7 differences under load)."""
     import torch
 
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.usefixtures("one_thread")
