@@ -8,7 +8,8 @@ For a transition (s_t, a_t) with d action dimensions and Q_i = Q(s_t, a_t^{1:i-1
     loss      = mean over batch and dimensions of
                 1/2 (Q_i(a_t^i) - target_i)^2
                 + alpha * sum over untaken bins b of 1/2 (Q_i(b) - q_min)^2
-                  (``conservative_reduction="mean"``: the mean over them, the paper's text)
+                  (``conservative_reduction="mean"``: the mean over them, the paper's text;
+                  ``conservative_radius``: bins near the data's bin are left out, a deviation)
 
 The batch supplies R^(n) (``reward``, the n-step discounted reward sum), gamma^n (``discount``),
 ``done`` (the episode ends within the n steps: nothing to bootstrap) and ``mc_return``; the
@@ -81,11 +82,29 @@ def bellman_targets(q_target_current: torch.Tensor | None, q_target_next_first: 
     return targets
 
 
+def untaken_bins(action_bins: torch.Tensor, valid_mask: torch.Tensor, radius: float = 0.0
+                 ) -> torch.Tensor:
+    """Bool [B, d, K]: the valid bins the regularizer pulls down for each transition.
+
+    Every valid bin but the data's, less those within ``radius`` of it, measured as a fraction
+    of the dimension's range: |b - a| / (K_i - 1) <= radius, K_i the dimension's valid bins.
+    A dimension with 2 bins (terminate) is never exempted by a radius below 1.
+    """
+    bins = torch.arange(valid_mask.shape[1], device=action_bins.device)
+    offset = (bins - action_bins[..., None]).abs()                            # [B, d, K]
+    untaken = valid_mask[None] & (offset != 0)
+    if radius > 0:
+        span = (valid_mask.sum(-1) - 1).clamp(min=1).to(torch.float32)        # [d]
+        untaken &= offset.to(torch.float32) > radius * span[None, :, None]
+    return untaken
+
+
 # Sum (weight alpha per untaken bin) or mean (alpha/(K-1) per bin); bce or mse: docs/design.md 3.4.
 def q_transformer_loss(q: torch.Tensor, action_bins: torch.Tensor, targets: torch.Tensor,
                        valid_mask: torch.Tensor, conservative_weight: float = 1.0,
                        q_min: float = 0.0, reduction: str = "mean", value_loss: str = "mse",
-                       logits: torch.Tensor | None = None, q_max: float = 1.0
+                       logits: torch.Tensor | None = None, q_max: float = 1.0,
+                       radius: float = 0.0
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, td_loss, conservative_loss), each a mean over batch and dimensions.
 
@@ -100,6 +119,8 @@ def q_transformer_loss(q: torch.Tensor, action_bins: torch.Tensor, targets: torc
             computed from ``logits`` (the head's outputs before the bounding sigmoid). Both are
             minimised by the same Q, so the fixed point is the same; bce's gradient on the
             logit is (Q - y) / (q_max - q_min) where mse's is damped by the sigmoid's slope.
+        radius: untaken bins within this fraction of their dimension's range of the data's
+            bin are left out of the regularizer (``untaken_bins``); 0 = every untaken bin.
     """
     if value_loss == "bce":
         if logits is None:
@@ -115,8 +136,7 @@ def q_transformer_loss(q: torch.Tensor, action_bins: torch.Tensor, targets: torc
         floor = 0.5 * (q - q_min).square()
     td_loss = td.mean()
     if conservative_weight > 0:
-        bins = torch.arange(q.shape[2], device=q.device)
-        untaken = valid_mask[None] & (bins != action_bins[..., None])          # [B, d, K]
+        untaken = untaken_bins(action_bins, valid_mask, radius)
         per_dim = (floor * untaken).sum(-1)
         if reduction == "mean":
             per_dim = per_dim / untaken.sum(-1).clamp(min=1)
@@ -213,11 +233,10 @@ class Learner:
         loss, td_loss, cons_loss = q_transformer_loss(
             q, batch["action_bins"], targets, self.model.valid_mask,
             self.config.conservative_weight, float(cfg.q_min), self.config.conservative_reduction,
-            self.config.value_loss, logits, float(cfg.q_max))
+            self.config.value_loss, logits, float(cfg.q_max), self.config.conservative_radius)
         q_detached = q.detach()
         q_taken = q_detached.gather(2, batch["action_bins"][..., None])[..., 0]
-        untaken = self.model.valid_mask[None] & (
-            torch.arange(q.shape[2], device=q.device) != batch["action_bins"][..., None])
+        untaken = untaken_bins(batch["action_bins"], self.model.valid_mask)
         metrics = {"loss": loss.detach(), "td_loss": td_loss.detach(),
                    "conservative_loss": cons_loss.detach(), "q_taken": q_taken.mean(),
                    "q_untaken": (q_detached * untaken).sum() / untaken.sum().clamp(min=1),

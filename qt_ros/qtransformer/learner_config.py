@@ -62,6 +62,13 @@ class LearnerConfig:
                "bin, the paper's text: with 256 bins the untaken bins stay near the Q of the "
                "bins taken elsewhere and the greedy action stops depending on the state)",
         choices=REDUCTIONS)
+    conservative_radius: float = setting(
+        0.0, "untaken bins this close to the data's bin (as a fraction of the dimension's "
+             "range) are left out of the regularizer: the data's own noise, not actions it "
+             "never took. 0 = the paper's (every untaken bin). A deviation from the paper "
+             "(docs/design.md 3.4): with the sum, a bin's Q converges to p*Q/(p + (1-p)*alpha) "
+             "for a bin the data takes with frequency p, so noisy data shrinks every dimension's "
+             "values and the shrinkage compounds through the autoregressive max")
     value_loss: str = setting(
         "bce", "per-bin loss toward the target (TD) and toward q_min (regularizer), both in "
                "value space: bce = binary cross-entropy of the sigmoid-bounded Q against the "
@@ -83,6 +90,9 @@ class LearnerConfig:
         if self.value_loss not in VALUE_LOSSES:
             raise ValueError(f"value_loss must be one of {VALUE_LOSSES}, got "
                              f"{self.value_loss!r}")
+        if not 0.0 <= self.conservative_radius < 1.0:
+            raise ValueError(f"conservative_radius must be in [0, 1), got "
+                             f"{self.conservative_radius}")
         if self.conservative_weight < 0:
             raise ValueError(f"conservative_weight must be >= 0, got {self.conservative_weight}")
 

@@ -20,7 +20,13 @@ import pytest
 import torch
 from torch import nn
 
-from qt_ros.qtransformer.learner import Learner, LearnerConfig, bellman_targets, q_transformer_loss
+from qt_ros.qtransformer.learner import (
+    Learner,
+    LearnerConfig,
+    bellman_targets,
+    q_transformer_loss,
+    untaken_bins,
+)
 
 BINS = (4, 4, 2)
 VALID = torch.arange(4)[None, :] < torch.tensor(BINS)[:, None]
@@ -139,6 +145,46 @@ def test_summed_regularizer_weighs_every_untaken_bin_alpha():
     assert LearnerConfig().conservative_reduction == "sum"
     with pytest.raises(ValueError, match="conservative_reduction"):
         LearnerConfig(conservative_reduction="max")
+
+
+def test_radius_leaves_the_data_bins_neighbours_out_of_the_regularizer():
+    # 9 bins (span 8): radius 0.25 exempts |b - a| <= 2; the 2-bin dimension is never exempted.
+    valid = torch.ones(2, 9, dtype=torch.bool)
+    valid[1, 2:] = False
+    a = torch.tensor([[4, 0]])
+    plain = untaken_bins(a, valid)
+    near = untaken_bins(a, valid, radius=0.25)
+    assert plain[0, 0].tolist() == [True] * 4 + [False] + [True] * 4
+    assert near[0, 0].tolist() == [True, True] + [False] * 5 + [True, True]
+    assert near[0, 1].tolist() == plain[0, 1].tolist() == [False, True] + [False] * 7
+    with pytest.raises(ValueError, match="conservative_radius"):
+        LearnerConfig(conservative_radius=1.0)
+
+
+@pytest.mark.parametrize("radius, expected", [(0.0, 0.5), (0.25, 1.0)])
+def test_noisy_data_shrinks_q_unless_the_neighbours_are_exempt(radius, expected):
+    """One state; the data takes bins 4 and 5 equally often, both worth 1, never bin 0.
+
+    The summed regularizer's fixed point is p y / (p + (1 - p) alpha) = 0.5: a bin's value is
+    scaled by how often the data took it. With the radius the two neighbours do not pull each
+    other down and both reach their value, 1, while the never-taken bin 0 still goes to q_min.
+    """
+    valid = torch.ones(1, 9, dtype=torch.bool)
+    logits = torch.zeros(1, 1, 9, requires_grad=True)
+    optimizer = torch.optim.Adam([logits], lr=0.05)
+    a = torch.tensor([[4], [5]])
+    for _ in range(1500):
+        q = torch.sigmoid(logits).expand(2, 1, 9)
+        loss, _, _ = q_transformer_loss(q, a, torch.ones(2, 1), valid, 1.0, reduction="sum",
+                                        value_loss="bce", logits=logits.expand(2, 1, 9),
+                                        radius=radius)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    q = torch.sigmoid(logits)[0, 0]
+    assert q[4].item() == pytest.approx(expected, abs=0.03)
+    assert q[5].item() == pytest.approx(expected, abs=0.03)
+    assert q[0].item() < 0.05
 
 
 class TableModel(nn.Module):
