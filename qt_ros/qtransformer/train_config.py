@@ -190,6 +190,8 @@ def merge(file_values: dict, given: dict, given_learner: dict) -> TrainConfig:
 # (optimizer settings do not, nor do the data's sampling shares).
 _SWITCH_LABELS = {
     "conservative_weight": lambda v: f"alpha {v:g}",
+    "conservative_reduction": lambda v: f"{v} regularizer",
+    "conservative_radius": lambda v: f"radius {v:g}",
     "mc_lower_bound": lambda v: "no MC bound",
     "n_step": lambda v: f"n-step {v}",
     "gamma": lambda v: f"gamma {v:g}",

@@ -181,3 +181,19 @@ def test_torchrun_two_processes_train_like_one_with_the_global_batch(dataset, tm
     # Logged metrics are the mean over ranks: the loss of the global batch.
     for a, b in zip(*lines, strict=True):
         assert json.loads(a)["loss"] == pytest.approx(json.loads(b)["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config" / "train").glob("*.yaml")))
+def test_shipped_training_configs_resolve(name):
+    """Every config/train/*.yaml a README or the demo points to is a valid `--config`: known
+    names only, learner fields that LearnerConfig accepts, model fields that fit a preset."""
+    from qt_ros.qtransformer.model_config import model_config
+    from qt_ros.qtransformer.train_config import merge, read_config_file
+
+    values = read_config_file(REPO / "config" / "train" / name)
+    given = {"preset": "tiny", **{k: v for k, v in (("dataset", ["data"]), ("out", "run"))
+                                  if k not in values}}
+    cfg = merge(values, given, {})
+    model_config(cfg.preset, **(cfg.model or {}))
+    if name == "noisy_mix.yaml":        # the measured settings the file's comment states
+        assert cfg.learner.conservative_radius == 0.2 and cfg.history == 1
