@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qt_ros.qtransformer.behavior_cloning import behavior_cloning_loss
+from qt_ros.qtransformer.image_augmentation import random_shift
 from qt_ros.qtransformer.learner_config import LearnerConfig
 
 BATCH_KEYS = ("frames", "instruction_embedding", "state", "action_bins", "reward", "next_frames",
@@ -264,6 +265,8 @@ class Learner:
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One gradient step on a batch, then the Polyak update; returns float metrics."""
         self.model.train()
+        if self.config.image_shift > 0:
+            batch = self._shifted(batch)
         loss, metrics = self.compute_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -286,6 +289,15 @@ class Learner:
             torch._foreach_copy_(target_params, online_params)
         else:
             torch._foreach_lerp_(target_params, online_params, self.config.tau)
+
+    def _shifted(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch with its frames (and next frames, drawn apart) randomly shifted."""
+        out = dict(batch)
+        for k in ("frames", "next_frames"):
+            if out.get(k) is not None:
+                out[k] = random_shift(out[k].to(self.device, non_blocking=True),
+                                      self.config.image_shift)
+        return out
 
     def _to_device(self, batch: dict[str, torch.Tensor],
                    keys: tuple[str, ...] = BATCH_KEYS) -> dict[str, torch.Tensor]:

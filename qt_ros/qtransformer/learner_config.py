@@ -69,6 +69,11 @@ class LearnerConfig:
              "(docs/design.md 3.4): with the sum, a bin's Q converges to p*Q/(p + (1-p)*alpha) "
              "for a bin the data takes with frequency p, so noisy data shrinks every dimension's "
              "values and the shrinkage compounds through the autoregressive max")
+    image_shift: int = setting(
+        0, "random-shift augmentation: every training frame moves by up to this many pixels "
+           "in x and y (edges repeated; a sample's history moves together; next frames draw "
+           "their own shift), for Q-T and BC alike. 0 = off, the paper's (not in the paper: "
+           "DrQ's augmentation; docs/design.md 3.5)")
     value_loss: str = setting(
         "bce", "per-bin loss toward the target (TD) and toward q_min (regularizer), both in "
                "value space: bce = binary cross-entropy of the sigmoid-bounded Q against the "
@@ -93,6 +98,8 @@ class LearnerConfig:
         if not 0.0 <= self.conservative_radius < 1.0:
             raise ValueError(f"conservative_radius must be in [0, 1), got "
                              f"{self.conservative_radius}")
+        if self.image_shift < 0:
+            raise ValueError(f"image_shift must be >= 0 pixels, got {self.image_shift}")
         if self.conservative_weight < 0:
             raise ValueError(f"conservative_weight must be >= 0, got {self.conservative_weight}")
 

@@ -192,6 +192,7 @@ _SWITCH_LABELS = {
     "conservative_weight": lambda v: f"alpha {v:g}",
     "conservative_reduction": lambda v: f"{v} regularizer",
     "conservative_radius": lambda v: f"radius {v:g}",
+    "image_shift": lambda v: f"shift {v} px",
     "mc_lower_bound": lambda v: "no MC bound",
     "n_step": lambda v: f"n-step {v}",
     "gamma": lambda v: f"gamma {v:g}",

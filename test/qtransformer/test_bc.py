@@ -215,6 +215,7 @@ def test_filtered_bc_without_a_success_is_a_clear_error(tmp_path, capsys):
     (["--n-step", "3"], "Q-T (n-step 3)", {"n_step": 3}),
     (["--conservative-radius", "0.2", "--gamma", "0.9"], "Q-T (radius 0.2, gamma 0.9)",
      {"conservative_radius": 0.2, "gamma": 0.9}),
+    (["--image-shift", "2"], "Q-T (shift 2 px)", {"image_shift": 2}),
 ])
 def test_each_ablation_trains_end_to_end_and_is_recorded(dataset, tmp_path, flags, label,
                                                          switches):
