@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=TrainConfig.workers,
                         help="with --end-to-end: DataLoader workers (default: qt-ros train's)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--image-shift", type=int, default=0,
+                        help="random-shift augmentation of the frames, pixels (qt-ros train "
+                             "--image-shift; default: 0, off)")
     parser.add_argument("--allocator", choices=("retain", "default"), default="retain",
                         help="retain: keep freed memory for reuse, as qt-ros train does "
                              "(qt_ros.common.allocator); default: glibc's settings")
@@ -80,7 +83,7 @@ def random_batch(model, batch_size: int, seed: int = 0) -> dict[str, torch.Tenso
 def run(args: argparse.Namespace) -> int:
     retained = args.allocator == "retain" and retain_freed_memory()
     model, _ = build_model(args)
-    learner = Learner(model, LearnerConfig())
+    learner = Learner(model, LearnerConfig(image_shift=args.image_shift))
     if args.compile:
         model.compile()
         if learner.target is not None:
@@ -108,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     step_s = float(np.median(times))
     result = {"benchmark": "train", **describe(model, args), "batch_size": args.batch_size,
               "steps": args.steps, "compile": args.compile, "allocator_retains": retained,
+              "image_shift": args.image_shift,
               "samples_per_s": round(args.batch_size / step_s, 2),
               "s_per_step": round(step_s, 4),
               "step_ms": percentiles(times),

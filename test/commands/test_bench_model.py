@@ -36,3 +36,11 @@ def test_bench_train_prints_throughput(capsys):
     assert result["benchmark"] == "train" and result["batch_size"] == 2
     assert result["samples_per_s"] > 0 and result["s_per_step"] > 0
     assert abs(result["samples_per_s"] * result["s_per_step"] - 2) < 0.05
+    assert result["image_shift"] == 0
+
+
+def test_bench_train_times_the_augmented_step(capsys):
+    result = _bench(capsys, "train", "--preset", "tiny", "--frames", "1", "--image-size", "32",
+                    "--dims", "3", "--bins", "8", "--batch-size", "2", "--steps", "2",
+                    "--warmup", "1", "--threads", "1", "--image-shift", "2")
+    assert result["image_shift"] == 2 and result["samples_per_s"] > 0
