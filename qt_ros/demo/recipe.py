@@ -19,7 +19,7 @@ class Recipe:
     """lift: pick up the red block; place: put it on the green pad."""
 
     # ---- collection (``qt-ros sim collect``, in-process, into real bags)
-    demos: int = 200
+    demos: int = 300
     """Clean demonstrations (the demonstrator with ``demo_noise``, no scripted mistakes)."""
     replays: int = 0
     """Noisy replays: more noise and mostly a scripted mistake, so mostly failures."""
