@@ -53,9 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=TrainConfig.workers,
                         help="with --end-to-end: DataLoader workers (default: qt-ros train's)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
-    parser.add_argument("--image-shift", type=int, default=0,
+    parser.add_argument("--image-shift", type=int, default=LearnerConfig.image_shift,
                         help="random-shift augmentation of the frames, pixels (qt-ros train "
-                             "--image-shift; default: 0, off)")
+                             f"--image-shift; default: {LearnerConfig.image_shift}, off)")
     parser.add_argument("--allocator", choices=("retain", "default"), default="retain",
                         help="retain: keep freed memory for reuse, as qt-ros train does "
                              "(qt_ros.common.allocator); default: glibc's settings")

@@ -4,7 +4,7 @@ Each sample's frames are padded by ``pad`` pixels (edge pixels repeated) and cro
 their size at a random offset: the picture moves by up to ``pad`` pixels in each direction.
 All frames of one sample's history move together, so the motion between them is kept. Draws
 from torch's global generator (on the frames' device), which the training state saves, so a
-resumed run draws the same shifts. docs/design.md 3.5 has the measurement behind it.
+resumed run draws the same shifts. docs/design.md 3.5 describes it; 7.1 measures it.
 """
 
 from __future__ import annotations
