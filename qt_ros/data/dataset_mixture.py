@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset, Sampler
 
 from qt_ros.data.dataset_format import DatasetError
@@ -87,6 +88,25 @@ class DatasetMixture(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"step {index} out of range [0, {len(self)})")
         return self.parts[part][index - int(self._offsets[part])]
+
+    def read_batch(self, indices: Sequence[int]) -> dict:
+        """Steps ``indices`` as one batch, in the order given (each part reads its own steps
+        with ``QTransformerDataset.read_batch``)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"steps {idx.min()}..{idx.max()} out of range [0, {len(self)})")
+        parts = self.part_of(idx)
+        if (parts == parts[0]).all():
+            return self.parts[int(parts[0])].read_batch(idx - self._offsets[parts[0]])
+        batch: dict = {}
+        for p in np.unique(parts):
+            rows = np.flatnonzero(parts == p)
+            for key, value in self.parts[int(p)].read_batch(
+                    idx[rows] - self._offsets[p]).items():
+                if key not in batch:
+                    batch[key] = value.new_empty((len(idx), *value.shape[1:]))
+                batch[key][torch.from_numpy(rows)] = value
+        return batch
 
     def part_of(self, indices: np.ndarray) -> np.ndarray:
         """Which dataset each global step index belongs to."""
@@ -173,6 +193,22 @@ class StepBatchSampler(Sampler[list[int]]):
         if self.stop is None:
             raise TypeError("a sampler without end has no length")
         return max(0, self.stop - self.start)
+
+
+class BatchReads(Dataset):
+    """A dataset whose item is a whole batch: ``BatchReads(data)[indices]`` is
+    ``data.read_batch(indices)``. A DataLoader over it with ``batch_size=None`` and a batch
+    sampler (``StepBatchSampler``) as its ``sampler`` reads each batch with one gather per
+    field, in its workers or in the main process, and collates nothing."""
+
+    def __init__(self, data: QTransformerDataset | DatasetMixture) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, indices: Sequence[int]) -> dict:
+        return self.data.read_batch(indices)
 
 
 def _open(root: str | Path, kwargs: dict) -> QTransformerDataset:

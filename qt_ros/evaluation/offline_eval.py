@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
 
 from qt_ros.qtransformer.learner import bellman_targets
 from qt_ros.qtransformer.learner_config import LearnerConfig
@@ -50,7 +49,7 @@ def evaluate(model, dataset, learner_config: LearnerConfig | None = None,
                                                          "bins", "greedy")}
     try:
         for start in range(0, len(indices), batch_size):
-            batch = default_collate([dataset[int(i)] for i in indices[start:start + batch_size]])
+            batch = dataset.read_batch(indices[start:start + batch_size])
             for key, value in _batch_arrays(model, batch, cfg, device).items():
                 rows[key].append(value)
     finally:

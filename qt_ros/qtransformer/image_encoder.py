@@ -89,15 +89,13 @@ class FiLMEfficientNet(nn.Module):
         """[B, E] -> [B, F]: every block's (gamma, beta); computed once per instruction."""
         return self.film(instruction_embedding)
 
-    def forward(self, images: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
-        """images float [N, 3, H, W] in [-1, 1], film [N, F] -> feature map [N, h, w, C]."""
+    def forward(self, pixels: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        """pixels float [N, 3, H, W], values 0..255 (the frames, converted), film [N, F] ->
+        feature map [N, h, w, C]. The network sees the frames scaled to [-1, 1]."""
         if self.patch:
-            n, c, h, w = images.shape
-            p = self.patch
-            patches = images.view(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-            x = self.stem(patches.reshape(n, h // p, w // p, c * p * p))
+            x = self._patchify(pixels)
         else:
-            x = self.stem(images).permute(0, 2, 3, 1)
+            x = self.stem(pixels * (2.0 / 255.0) - 1.0).permute(0, 2, 3, 1)
         offset = 0
         for block, c in zip(self.blocks, self.film_sizes, strict=True):
             gamma = film[:, offset:offset + c]
@@ -105,6 +103,18 @@ class FiLMEfficientNet(nn.Module):
             offset += 2 * c
             x = block(x, gamma, beta)
         return x
+
+
+    def _patchify(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The patch stem: a linear layer on each p x p patch of the frame scaled to [-1, 1],
+        run as one convolution (kernel = stride = p) on the pixels, with the scaling folded
+        into its weights: W (x / 127.5 - 1) + b = (W / 127.5) x + (b - sum W). The same
+        function as cutting the scaled frame into patches, without a pass over the frames to
+        scale them or a copy to gather the patches (docs/design.md 3.8)."""
+        p = self.patch
+        weight = self.stem.weight.view(self.stem.out_features, 3, p, p)
+        bias = self.stem.bias - weight.sum((1, 2, 3))
+        return F.conv2d(pixels, weight * (2.0 / 255.0), bias, stride=p).permute(0, 2, 3, 1)
 
 
 class TokenLearner(nn.Module):

@@ -202,8 +202,9 @@ class QTransformer(nn.Module):
 
         A frame's tokens depend only on the frame and the instruction, so a policy caches them.
         """
-        images = frames.to(film.dtype) * (2.0 / 255.0) - 1.0
-        tokens = self.token_learner(self.encoder(images, film)) + self.token_pos
+        # channels-last: the stem's convolution then writes the [N, h, w, C] map directly
+        pixels = frames.to(film.dtype, memory_format=torch.channels_last)
+        tokens = self.token_learner(self.encoder(pixels, film)) + self.token_pos
         for block in self.frame_blocks:
             tokens = block(tokens)
         return tokens

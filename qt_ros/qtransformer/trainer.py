@@ -173,7 +173,12 @@ def data_loader(cfg: TrainConfig, dataset, device, rank: int = 0, world: int = 1
     draws successful episodes only."""
     from torch.utils.data import DataLoader
 
-    from qt_ros.data.dataset_mixture import DatasetMixture, StepBatchSampler, sampling_groups
+    from qt_ros.data.dataset_mixture import (
+        BatchReads,
+        DatasetMixture,
+        StepBatchSampler,
+        sampling_groups,
+    )
 
     mixture = DatasetMixture.of(dataset)
     groups = sampling_groups(mixture, source={"demonstration": cfg.demo_weight,
@@ -181,8 +186,10 @@ def data_loader(cfg: TrainConfig, dataset, device, rank: int = 0, world: int = 1
                              outcome=_outcome_weights(cfg, mixture))
     sampler = StepBatchSampler(groups, cfg.batch_size, seed=cfg.seed, rank=rank, world=world,
                                start=start, stop=cfg.steps)
-    return DataLoader(mixture, batch_sampler=sampler, num_workers=cfg.workers,
-                      pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
+    # batch_size None: each sampled batch of indices is one item, read whole (BatchReads)
+    return DataLoader(BatchReads(mixture), sampler=sampler, batch_size=None,
+                      num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                      persistent_workers=cfg.workers > 0)
 
 
 def _outcome_weights(cfg: TrainConfig, data) -> dict[str, float]:

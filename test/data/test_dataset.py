@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from qt_ros.data.dataset_format import DatasetError
 from qt_ros.data.dataset_reader import DatasetStore
@@ -21,12 +21,14 @@ LENGTHS = (5, 3, 7)
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    """Three recorder episodes (success, failure, success) with a 2-value state."""
+    """Three recorder episodes (success, failure, success) with a 2-value state, in two shards
+    (the first two episodes, then the third)."""
     tmp = tmp_path_factory.mktemp("ds")
     options = ConvertOptions(image_size=(8, 10), gamma=0.98)
     images = []
     with DatasetWriter(tmp / "dataset", image_size=options.image_size,
-                       tokenizer=options.tokenizer, gamma=options.gamma) as writer:
+                       tokenizer=options.tokenizer, gamma=options.gamma,
+                       shard_steps=6) as writer:
         for i, (n, outcome) in enumerate(zip(LENGTHS, ("success", "failure", "success"),
                                              strict=True)):
             truth = write_episode(tmp / "bags", f"ep{i}", n, outcome=outcome, state_dim=2,
@@ -97,6 +99,22 @@ def test_dataloader_workers_give_the_same_batches(dataset_dir):
     for key in direct[0]:
         stacked = torch.cat([b[key] for b in batches])
         torch.testing.assert_close(stacked, torch.stack([d[key] for d in direct]))
+
+
+def test_a_batch_read_whole_equals_the_collated_items(dataset_dir):
+    ds = QTransformerDataset(dataset_dir, history=3, n_step=2, gamma=0.9,
+                             instruction_embeddings=embeddings)
+    assert len({e["shard"] for e in ds.episodes}) == 2
+    # any order, repeats, steps of every episode and both shards, episode starts and ends
+    indices = [14, 0, 7, 4, 4, 8, 5, 13, 2, 9]
+    batch = ds.read_batch(indices)
+    collated = default_collate([ds[i] for i in indices])
+    assert batch.keys() == collated.keys()
+    for key, value in collated.items():
+        assert batch[key].dtype == value.dtype, key
+        torch.testing.assert_close(batch[key], value, rtol=0, atol=0, msg=key)
+    with pytest.raises(IndexError, match="out of range"):
+        ds.read_batch([0, len(ds)])
 
 
 def test_sampling_weights_by_source_and_outcome(dataset_dir):

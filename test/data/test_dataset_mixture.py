@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from qt_ros.data.dataset_format import DatasetError
 from qt_ros.data.dataset_mixture import DatasetMixture, StepBatchSampler, sampling_groups
@@ -81,6 +82,18 @@ def test_items_come_from_their_own_dataset(two):
     assert np.array_equal(last["frames"].numpy(), direct["frames"].numpy())
     low, high, _ = mixture.return_range()
     assert low == 0.0 and high == pytest.approx(1.0)
+
+
+def test_a_batch_across_datasets_is_read_in_the_order_asked(two):
+    mixture = _mixture(two)
+    indices = [35, 0, 31, 12, 30, 35, 29]            # B, A, B, A, B, B, A
+    batch = mixture.read_batch(indices)
+    for row, index in enumerate(indices):
+        for key, value in mixture[index].items():
+            torch.testing.assert_close(batch[key][row], value, rtol=0, atol=0, msg=key)
+    only_a = mixture.read_batch([3, 1])
+    torch.testing.assert_close(only_a["frames"], torch.stack([mixture[3]["frames"],
+                                                              mixture[1]["frames"]]))
 
 
 def test_datasets_that_do_not_fit_together_are_a_clear_error(two, tmp_path):

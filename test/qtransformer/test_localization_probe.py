@@ -43,7 +43,7 @@ def _probe_r2(position_embedding: bool, steps: int = 600) -> float:
 
     def predict(frames: torch.Tensor) -> torch.Tensor:
         film = model.film_params(instruction[:frames.shape[0]])
-        tokens = model.token_learner(model.encoder(frames[:, 0].float() / 127.5 - 1, film))
+        tokens = model.token_learner(model.encoder(frames[:, 0].float(), film))  # pixels 0..255
         return head(tokens.mean(1))
 
     for _ in range(steps):
