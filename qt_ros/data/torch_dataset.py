@@ -122,31 +122,12 @@ class QTransformerDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(f"step {index} out of range [0, {len(self)})")
-        k = int(self._episode_of[index])
-        t = int(self._t[index])
-        ep = self.episodes[k]
-        shard = self.store.shard(ep["shard"]).fields
-        start = int(ep["start"])
-        nt = int(self._next_t[index])
-        bins = np.asarray(shard["action_bins"][start + t], dtype=np.int64)
-        return {
-            "frames": torch.from_numpy(self._history(shard["frames"], start, t)),
-            "instruction_embedding": torch.from_numpy(self.embeddings[int(ep["instruction"])]),
-            "state": torch.from_numpy(np.array(shard["state"][start + t], dtype=np.float32)),
-            "action_bins": torch.from_numpy(bins),
-            "reward": torch.tensor(self._nstep[index], dtype=torch.float32),
-            "next_frames": torch.from_numpy(self._history(shard["frames"], start, nt)),
-            "next_state": torch.from_numpy(np.array(shard["state"][start + nt],
-                                                    dtype=np.float32)),
-            "done": torch.tensor(self._done[index], dtype=torch.float32),
-            "discount": torch.tensor(self.gamma ** self.n_step, dtype=torch.float32),
-            "mc_return": torch.tensor(self._mc[index], dtype=torch.float32),
-        }
+        return {k: v[0] for k, v in self.read_batch([index]).items()}
 
     def read_batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        """Items ``indices`` as one batch: what PyTorch's default collation of ``self[i]`` for
-        each index gives, read with one gather per field and shard instead of Python work per
-        item and field (training reads its batches so: ``dataset_mixture.BatchReads``)."""
+        """Items ``indices`` as one batch (what PyTorch's default collation of ``self[i]`` for
+        each index gives), read with one gather per field and shard instead of Python work per
+        item and field: training reads its batches so (``dataset_mixture.BatchReads``)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"steps {idx.min()}..{idx.max()} out of range [0, {len(self)})")
@@ -181,10 +162,6 @@ class QTransformerDataset(Dataset):
             "discount": torch.full((b,), self.gamma ** self.n_step, dtype=torch.float32),
             "mc_return": torch.from_numpy(self._mc[idx]),
         }
-
-    def _history(self, frames: np.ndarray, start: int, t: int) -> np.ndarray:
-        idx = np.maximum(np.arange(t - self.history + 1, t + 1), 0) + start
-        return np.ascontiguousarray(frames[idx].transpose(0, 3, 1, 2))  # [w, 3, H, W]
 
     # -- sampling -----------------------------------------------------------------------------
 

@@ -104,13 +104,12 @@ class FiLMEfficientNet(nn.Module):
             x = block(x, gamma, beta)
         return x
 
-
     def _patchify(self, pixels: torch.Tensor) -> torch.Tensor:
         """The patch stem: a linear layer on each p x p patch of the frame scaled to [-1, 1],
         run as one convolution (kernel = stride = p) on the pixels, with the scaling folded
         into its weights: W (x / 127.5 - 1) + b = (W / 127.5) x + (b - sum W). The same
         function as cutting the scaled frame into patches, without a pass over the frames to
-        scale them or a copy to gather the patches (docs/design.md 3.8)."""
+        scale them or a copy to gather the patches (docs/design.md 3.2)."""
         p = self.patch
         weight = self.stem.weight.view(self.stem.out_features, 3, p, p)
         bias = self.stem.bias - weight.sum((1, 2, 3))
