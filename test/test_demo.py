@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from qt_ros.data.dataset_reader import DatasetStore
 from qt_ros.demo.__main__ import check_recipe
@@ -100,7 +101,7 @@ def test_demo_runs_the_whole_loop_with_tiny_counts(ros_env, tmp_path):
     out = tmp_path / "run"
     result = run_demo(ros_env, "--demos", "3", "--ros-episodes", "2", "--eval-episodes", "2",
                       "--train-steps", "10", "--improve-steps", "5", "--improve-episodes", "2",
-                      "--encoder", "hash",
+                      "--improve-warmup-steps", "3", "--encoder", "hash",
                       "--max-steps", "8", "--out", str(out),
                       "--domain-id", ros_env["ROS_DOMAIN_ID"])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -128,6 +129,8 @@ def test_demo_runs_the_whole_loop_with_tiny_counts(ros_env, tmp_path):
     assert store.image_size == (64, 64)
     # the second round started from the first checkpoint; both measured on the same seeds
     assert s["training"]["round1"]["steps"] == 10 and s["training"]["round2"]["steps"] == 5
+    round2 = yaml.safe_load((out / "checkpoint_round2" / "train_config.yaml").read_text())
+    assert round2["init"] == str(out / "checkpoint") and round2["warmup_steps"] == 3
     assert s["eval"]["round1"]["seeds"] == s["eval"]["round2"]["seeds"]
     assert min(s["eval"]["round1"]["seeds"]) >= 100_000  # not the data's scenes
     assert s["appended"] == 4 and s["recorded"]["episodes"] == 2

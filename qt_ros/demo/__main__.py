@@ -41,6 +41,8 @@ RECIPE_OPTIONS = {
                                                     "the second round (besides the ROS ones)"),
     "--improve-steps": ("improve_steps", int, "gradient steps of the second round"),
     "--improve-minutes": ("improve_minutes", float, "wall-time limit of the second round"),
+    "--improve-warmup-steps": ("improve_warmup_steps", int, "learning-rate warm-up steps of "
+                                                            "the second round"),
 }
 
 
@@ -133,8 +135,8 @@ def check_recipe(r: Recipe) -> str:
         return "--train-minutes, --train-steps, --batch-size and --lr must be > 0"
     if r.ros_episodes < 0 or r.eval_episodes < 0 or r.max_steps < 1:
         return "--ros-episodes and --eval-episodes must be >= 0, --max-steps >= 1"
-    if r.improve_episodes < 0:
-        return "--improve-episodes must be >= 0"
+    if r.improve_episodes < 0 or r.improve_warmup_steps < 0:
+        return "--improve-episodes and --improve-warmup-steps must be >= 0"
     if r.improve and (r.ros_episodes + r.improve_episodes < 1 or r.improve_steps < 1
                       or r.improve_minutes <= 0):
         return ("--improve needs policy episodes to learn from (--ros-episodes or "

@@ -133,9 +133,9 @@ class Demo:
             raise DemoError(f"the recipe's {option} file config/{name} is missing")
         return [option, str(path)]
 
-    def _train(self, out: Path, steps: int, minutes: float, *init: str) -> None:
+    def _train(self, out: Path, steps: int, minutes: float, *extra: str) -> None:
         r = self.recipe
-        init = (*self._config_option("--config", r.train_config), *init)
+        extra = (*self._config_option("--config", r.train_config), *extra)
         env = dict(self.env)
         if self.train_threads > 0:
             env["OMP_NUM_THREADS"] = str(self.train_threads)
@@ -144,7 +144,7 @@ class Demo:
                            f"{minutes:g}", "--batch-size", str(r.batch_size), "--lr",
                            f"{r.lr:g}", "--encoder", r.encoder, "--workers", "0",
                            "--save-every", str(steps), "--log-every", "50",
-                           "--seed", str(self.seed), *init, *map(str, r.train_args), env=env)
+                           "--seed", str(self.seed), *extra, *map(str, r.train_args), env=env)
         if status != 0 or not (out / "model.safetensors").exists():
             raise DemoError(f"qt-ros train failed (status {status}); see above")
 
@@ -155,7 +155,8 @@ class Demo:
     def train_round2(self) -> None:
         r = self.recipe
         self._train(self.paths["checkpoint_round2"], r.improve_steps, r.improve_minutes,
-                    "--init", str(self.paths["checkpoint"]))
+                    "--init", str(self.paths["checkpoint"]),
+                    "--warmup-steps", str(r.improve_warmup_steps))
 
     def run_policy_through_ros(self) -> None:
         r = self.recipe

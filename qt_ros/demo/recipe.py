@@ -80,6 +80,11 @@ class Recipe:
     """Gradient steps of the second training round."""
     improve_minutes: float = 3.0
     """Wall-time limit of the second training round."""
+    improve_warmup_steps: int = 500
+    """Learning-rate warm-up of the second round (``qt-ros train --warmup-steps``): it starts
+    a fresh optimizer on a trained network. From the same first checkpoint, data and 3036
+    steps, the second round scored 84/100 without warm-up and 92/100 with 500 steps of it
+    (the first round: 94/100; docs/design.md 7.1, session 6)."""
 
 
 DEFAULT = Recipe()
