@@ -119,7 +119,7 @@ class EpisodeRunner:
         frames: list[np.ndarray] | None = [] if record_frames else None
         steps, reason = 0, "max_steps"
         period = self.setup.policy.period
-        for step in range(self.config.max_steps):
+        for step in range(self.config.decisions):
             frame = sim.render()
             if frames is not None:
                 frames.append(frame)

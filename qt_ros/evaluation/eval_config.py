@@ -21,7 +21,7 @@ from qt_ros.common.settings import from_parameters, setting, setting_of
 from qt_ros.control.policy_config import ConfigError, PolicyConfig
 from qt_ros.sim.demonstrator import DemonstratorConfig
 from qt_ros.sim.node_configs import DemonstratorNodeConfig, SimRobotNodeConfig
-from qt_ros.sim.simulator import SimConfig
+from qt_ros.sim.simulator import EPISODE_STEPS, SimConfig
 
 POLICIES = ("checkpoint", "demonstrator")
 # Far from the seeds data collection uses (the demo: 0.., its policy episodes 10000..), so the
@@ -44,7 +44,8 @@ class EvalConfig:
     seed_offset: int = setting(DEFAULT_SEED_OFFSET, "scene seed of the first episode (episode "
                                "k: seed_offset + k); the default is far from the seeds of "
                                "data collection")
-    max_steps: int = setting(50, "control steps before an episode ends without terminate")
+    max_steps: int = setting(0, "control steps before an episode ends without terminate (0: 50 "
+                             "for lift, 80 for place, as qt-ros sim collect)")
     workers: int = setting(1, "worker processes, each with its own simulator and model (one "
                            "torch thread each)")
     out: str = setting("", "output directory (default: <checkpoint>/eval-<task>, or "
@@ -62,7 +63,7 @@ class EvalConfig:
     device: str = setting_of(PolicyConfig, "device")
 
     def __post_init__(self) -> None:
-        for name, low in (("episodes", 1), ("max_steps", 1), ("workers", 1), ("video", 0)):
+        for name, low in (("episodes", 1), ("max_steps", 0), ("workers", 1), ("video", 0)):
             if getattr(self, name) < low:
                 raise EvalError(f"--{name.replace('_', '-')} must be >= {low}, got "
                                 f"{getattr(self, name)}")
@@ -73,6 +74,11 @@ class EvalConfig:
         if self.policy == "checkpoint" and not self.checkpoint:
             raise EvalError("no checkpoint given: `qt-ros eval CHECKPOINT_DIR --episodes N` "
                             "(or --policy demonstrator to evaluate the scripted demonstrator)")
+
+    @property
+    def decisions(self) -> int:
+        """Control steps an episode may take (``max_steps``, or the task's default)."""
+        return self.max_steps or EPISODE_STEPS[self.task]
 
     @property
     def seeds(self) -> list[int]:

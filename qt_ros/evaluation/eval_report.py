@@ -39,7 +39,7 @@ def summarize(outcomes: list[EpisodeOutcome], config: EvalConfig, setup: EvalSet
         "seeds": [config.seed_offset, config.seed_offset + n - 1],
         "wall_s": round(wall_s, 2),
         "episodes_per_minute": round(60.0 * n / wall_s, 1) if wall_s > 0 else None,
-        "settings": {**dataclasses.asdict(config),
+        "settings": {**dataclasses.asdict(config), "max_steps": config.decisions,
                      "sim": {k: v for k, v in dataclasses.asdict(setup.sim).items()
                              if k != "extra"},
                      "policy_config": {k: list(v) if isinstance(v, tuple) else v for k, v in

@@ -43,6 +43,9 @@ TASKS = {
     "lift": "pick up the red block",
     "place": "put the red block on the green pad",
 }
+# Decisions an episode may take before it is ended without terminate (collection, evaluation):
+# the scripted demonstrator needs up to ~27 of them for lift and ~53 for place.
+EPISODE_STEPS = {"lift": 50, "place": 80}
 JOINT_NAMES = ("ee_x", "ee_y", "ee_z", "finger_left", "finger_right")
 # Layout of the flat privileged state (SimState.to_vector, topic sim_robot/state).
 STATE_NAMES = ("ee_x", "ee_y", "ee_z", "gripper_command", "finger_opening",

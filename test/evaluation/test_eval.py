@@ -96,6 +96,19 @@ def test_two_workers_give_the_outcomes_of_one(tmp_path):
     assert len({tuple(r["hand_m"]) for r in one}) == 4
 
 
+def test_the_step_budget_follows_the_task_as_collection_does(tmp_path):
+    """``place`` demonstrations take up to ~53 steps: without --max-steps an episode there may
+    run 80 steps (as ``qt-ros sim collect`` records them), on ``lift`` 50."""
+    checkpoint = make_random_checkpoint(tmp_path / "no_terminate", preset="tiny",
+                                        tokenizer=ActionTokenizer(terminate=None),
+                                        state_dim=len(JOINT_NAMES), seed=5)
+    for task, steps in (("place", 80), ("lift", 50)):
+        config = EvalConfig(checkpoint=str(checkpoint), episodes=1, task=task,
+                            out=str(tmp_path / task))
+        outcome, = run_episodes(config, resolve_setup(config))
+        assert (outcome.steps, outcome.reason) == (steps, "max_steps"), task
+
+
 def test_sim_output_applies_the_nodes_arithmetic():
     """twist = delta / period (policy node), delta = twist * period (sim node), gripper mapped
     linearly onto the configured positions; a hold moves nothing and keeps the gripper."""
