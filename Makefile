@@ -49,7 +49,7 @@ compare: env
 	       --mapping $(COMPARE_DIR)/episodes/convert_mapping.yaml --image-size 64 \
 	       --tokenizer config/train/tokenizer_terminate_first.json \
 	  && qt-ros compare $(COMPARE_DIR)/dataset --out $(COMPARE_DIR)/table \
-	       --config config/train/demo.yaml $(COMPARE_ARGS)
+	       --config config/train/noisy_mix.yaml $(COMPARE_ARGS)
 
 clean:
 	rm -rf build install log .pytest_cache .ruff_cache

@@ -14,7 +14,7 @@ import yaml
 from qt_ros.data.dataset_reader import DatasetStore
 from qt_ros.demo.__main__ import check_recipe
 from qt_ros.demo.demo_summary import plot_summary, rate_text, success, summary_markdown
-from qt_ros.demo.recipe import DEFAULT
+from qt_ros.demo.recipe import DEFAULT, Recipe
 
 from conftest import REPO
 
@@ -39,6 +39,16 @@ def test_the_options_default_to_the_recipe(ros_env):
                           ("--eval-episodes", DEFAULT.eval_episodes)):
         assert option in text and f"(default: {value})" in text
     assert check_recipe(DEFAULT) == ""  # the shipped recipe passes the demo's own checks
+
+
+def test_episode_budget_follows_the_task():
+    """place demonstrations take up to ~53 steps: its policy episodes get 80, lift's 50, as
+    qt-ros sim collect and qt-ros eval give them; --max-steps still wins."""
+    assert (DEFAULT.task, DEFAULT.decisions) == ("lift", 50)
+    place = Recipe(task="place")
+    assert check_recipe(place) == "" and place.decisions == 80
+    assert Recipe(task="place", max_steps=30).decisions == 30
+    assert "--max-steps" in check_recipe(Recipe(max_steps=-1))
 
 
 def _synthetic_summary() -> dict:

@@ -31,12 +31,15 @@ RECIPE_OPTIONS = {
     "--encoder": ("encoder", str, "instruction encoder: minilm | hash"),
     "--train-config": ("train_config", str, "qt-ros train --config file under config/ "
                                             "('': none)"),
+    "--compare-config": ("compare_config", str, "qt-ros train --config file of the "
+                                                "comparison's variants (--full), under config/"),
     "--tokenizer": ("tokenizer", str, "action tokenizer of the conversion, a file under "
                                       "config/ ('': qt-ros convert's default)"),
     "--ros-episodes": ("ros_episodes", int, "policy episodes through the ROS nodes"),
     "--eval-episodes": ("eval_episodes", int, "in-process qt-ros eval episodes, before and "
                                               "after the second round (0: none)"),
-    "--max-steps": ("max_steps", int, "decisions a policy episode may take"),
+    "--max-steps": ("max_steps", int, "decisions a policy episode may take (0: the task's, "
+                                      "50 for lift, 80 for place)"),
     "--improve-episodes": ("improve_episodes", int, "policy episodes recorded in-process for "
                                                     "the second round (besides the ROS ones)"),
     "--improve-steps": ("improve_steps", int, "gradient steps of the second round"),
@@ -133,8 +136,8 @@ def check_recipe(r: Recipe) -> str:
         return "--demos must be >= 1 and --replays >= 0"
     if r.train_minutes <= 0 or r.train_steps < 1 or r.batch_size < 1 or r.lr <= 0:
         return "--train-minutes, --train-steps, --batch-size and --lr must be > 0"
-    if r.ros_episodes < 0 or r.eval_episodes < 0 or r.max_steps < 1:
-        return "--ros-episodes and --eval-episodes must be >= 0, --max-steps >= 1"
+    if r.ros_episodes < 0 or r.eval_episodes < 0 or r.max_steps < 0:
+        return "--ros-episodes, --eval-episodes and --max-steps must be >= 0"
     if r.improve_episodes < 0 or r.improve_warmup_steps < 0:
         return "--improve-episodes and --improve-warmup-steps must be >= 0"
     if r.improve and (r.ros_episodes + r.improve_episodes < 1 or r.improve_steps < 1

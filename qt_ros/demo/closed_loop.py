@@ -109,7 +109,7 @@ class Demo:
                            "--task", r.task, "--seed", str(self.seed), "--workers",
                            str(r.collect_workers), "--image-size", str(r.image_size),
                            "--demo-noise", str(r.demo_noise), "--replay-mistake-rate",
-                           str(r.replay_mistake_rate), "--max-steps", str(r.max_steps),
+                           str(r.replay_mistake_rate), "--max-steps", str(r.decisions),
                            "--json", str(self.out / "collect.json"))
         if status != 0:
             raise DemoError(f"qt-ros sim collect failed (status {status}); see above")
@@ -162,7 +162,7 @@ class Demo:
         r = self.recipe
         ros = RosPolicyEpisodes(self.procs, self.domain_id, self.params, self.say)
         self.results["ros"] = ros.run(self.paths["checkpoint"], self.paths["policy_episodes"],
-                                      self.seed + ROS_SEED, r.ros_episodes, r.max_steps)
+                                      self.seed + ROS_SEED, r.ros_episodes, r.decisions)
 
     def append_policy_episodes(self) -> None:
         """The policy's labelled bags into the same dataset: the next round learns from them."""
@@ -192,7 +192,7 @@ class Demo:
                 sys.executable, "-m", "qt_ros.demo.policy_recording",
                 str(self.paths["checkpoint"]), str(record_dir), "--seeds", *seeds[w::self.workers],
                 "--task", r.task, "--image-size", str(r.image_size), "--params",
-                str(self.params), "--max-steps", str(r.max_steps)])
+                str(self.params), "--max-steps", str(r.decisions)])
             procs.append(name)
         statuses: dict[str, int | None] = dict.fromkeys(procs)
         rows: list[str] = []
@@ -237,7 +237,7 @@ class Demo:
         out = self.paths["eval"] / name
         status = self._cli("eval", str(checkpoint), "--episodes", str(r.eval_episodes),
                            "--task", r.task, "--seed-offset", str(self.seed + EVAL_SEED),
-                           "--max-steps", str(r.max_steps), "--workers", str(self.workers),
+                           "--max-steps", str(r.decisions), "--workers", str(self.workers),
                            "--params", str(self.params), "--out", str(out), "--video", "2")
         if status != 0 or not (out / "eval.json").exists():
             raise DemoError(f"qt-ros eval failed (status {status}); see above")
@@ -265,7 +265,7 @@ class Demo:
                                *self._config_option("--tokenizer", r.tokenizer))
         if status == 0:
             status = self._cli("compare", str(dataset), "--out", str(root / "table"),
-                               *self._config_option("--config", r.train_config),
+                               *self._config_option("--config", r.compare_config),
                                "--preset", r.preset, "--steps", str(r.train_steps),
                                "--batch-size", str(r.batch_size), "--lr", f"{r.lr:g}",
                                "--encoder", r.encoder, "--max-minutes", f"{r.train_minutes:g}",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qt_ros.sim.simulator import EPISODE_STEPS
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -61,14 +63,19 @@ class Recipe:
     options override it; empty: none)."""
     train_args: tuple[str, ...] = ()
     """Further ``qt-ros train`` options, e.g. ("--alpha", "1.0"), for both rounds."""
+    compare_config: str = "train/noisy_mix.yaml"
+    """``qt-ros train --config`` file of every variant of the comparison (``--full``), whose
+    data is the noisy mix: Q-T with ``conservative_radius`` 0.2 (95 and 88 of 100 on the mix
+    against 2 with the paper's rule; docs/design.md 7.1); BC does not read the radius."""
 
     # ---- evaluation
     ros_episodes: int = 30
     """Policy episodes through the ROS nodes (sim_robot, policy, recorder) on unseen scenes."""
     eval_episodes: int = 100
     """In-process ``qt-ros eval`` episodes (unseen seeds) before and after the second round."""
-    max_steps: int = 50
-    """Control steps a policy episode may take."""
+    max_steps: int = 0
+    """Control steps a policy episode may take (0: the task's, 50 for lift and 80 for place;
+    the scripted demonstrator needs up to ~27 and ~53)."""
 
     # ---- the self-improvement round (the policy's own episodes, then ``train --init``)
     improve: bool = True
@@ -85,6 +92,11 @@ class Recipe:
     a fresh optimizer on a trained network. From the same first checkpoint, data and 3036
     steps, the second round scored 84/100 without warm-up and 92/100 with 500 steps of it
     (the first round: 94/100; docs/design.md 7.1, session 6)."""
+
+    @property
+    def decisions(self) -> int:
+        """Control steps a policy episode may take (``max_steps`` or the task's default)."""
+        return self.max_steps or EPISODE_STEPS[self.task]
 
 
 DEFAULT = Recipe()
