@@ -65,8 +65,9 @@ class Recipe:
     """Further ``qt-ros train`` options, e.g. ("--alpha", "1.0"), for both rounds."""
     compare_config: str = "train/noisy_mix.yaml"
     """``qt-ros train --config`` file of every variant of the comparison (``--full``), whose
-    data is the noisy mix: Q-T with ``conservative_radius`` 0.2 (95 and 88 of 100 on the mix
-    against 2 with the paper's rule; docs/design.md 7.1); BC does not read the radius."""
+    data is the noisy mix: Q-T with ``conservative_radius`` 0.2 (95, 88 and 12 of 100 on the
+    mix over three training seeds, against 2 with the paper's rule; docs/design.md 7.1); BC
+    does not read the radius."""
 
     # ---- evaluation
     ros_episodes: int = 30
