@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qt_ros.sim.simulator import EPISODE_STEPS
+from qt_ros.sim.simulator import episode_steps
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class Recipe:
     @property
     def decisions(self) -> int:
         """Control steps a policy episode may take (``max_steps`` or the task's default)."""
-        return self.max_steps or EPISODE_STEPS[self.task]
+        return episode_steps(self.task, self.max_steps)
 
 
 DEFAULT = Recipe()

@@ -21,7 +21,7 @@ from qt_ros.common.settings import from_parameters, setting, setting_of
 from qt_ros.control.policy_config import ConfigError, PolicyConfig
 from qt_ros.sim.demonstrator import DemonstratorConfig
 from qt_ros.sim.node_configs import DemonstratorNodeConfig, SimRobotNodeConfig
-from qt_ros.sim.simulator import EPISODE_STEPS, SimConfig
+from qt_ros.sim.simulator import SimConfig, episode_steps
 
 POLICIES = ("checkpoint", "demonstrator")
 # Far from the seeds data collection uses (the demo: 0.., its policy episodes 10000..), so the
@@ -78,7 +78,7 @@ class EvalConfig:
     @property
     def decisions(self) -> int:
         """Control steps an episode may take (``max_steps``, or the task's default)."""
-        return self.max_steps or EPISODE_STEPS[self.task]
+        return episode_steps(self.task, self.max_steps)
 
     @property
     def seeds(self) -> list[int]:

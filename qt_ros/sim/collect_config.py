@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from qt_ros.common.settings import setting
 from qt_ros.sim.node_configs import DEFAULT_CONTROL_RATE
-from qt_ros.sim.simulator import EPISODE_STEPS, TASKS, SimConfig
+from qt_ros.sim.simulator import TASKS, SimConfig, episode_steps
 
 
 class CollectError(ValueError):
@@ -84,7 +84,7 @@ class CollectConfig:
 
     @property
     def decisions(self) -> int:
-        return self.max_steps or EPISODE_STEPS[self.task]
+        return episode_steps(self.task, self.max_steps)
 
     def sim_config(self) -> SimConfig:
         h, w = self.image_hw

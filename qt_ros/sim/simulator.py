@@ -46,6 +46,13 @@ TASKS = {
 # Decisions an episode may take before it is ended without terminate (collection, evaluation):
 # the scripted demonstrator needs up to ~27 of them for lift and ~53 for place.
 EPISODE_STEPS = {"lift": 50, "place": 80}
+
+
+def episode_steps(task: str, max_steps: int = 0) -> int:
+    """Decisions an episode of ``task`` may take: ``max_steps``, or 0 for the task's default."""
+    return max_steps or EPISODE_STEPS[task]
+
+
 JOINT_NAMES = ("ee_x", "ee_y", "ee_z", "finger_left", "finger_right")
 # Layout of the flat privileged state (SimState.to_vector, topic sim_robot/state).
 STATE_NAMES = ("ee_x", "ee_y", "ee_z", "gripper_command", "finger_opening",
