@@ -55,6 +55,10 @@ class RecorderNodeConfig(RecorderConfig):
 
     end_on_terminate: bool = setting(
         True, "end the episode on PolicyStep.terminate (outcome unknown)")
+    end_grace: float = setting(
+        0.1, "s the bag stays open when an episode ends by terminate or end_episode, so that "
+             "messages of the last tick still on their way (the state published with the last "
+             "frame) are recorded; 0: close at once")
     sensor_qos_depth: int = setting(
         10, "queue depth of the best-effort (sensor data) subscriptions")
     image_topic: str = setting("image", "camera frames; empty: not recorded")

@@ -15,6 +15,11 @@ answers with that episode, and every answer carries the id of the episode record
 Ending an episode that already ended publishes no second ENDED (an outcome given then is a label:
 one LABELLED), so each decision is one event.
 
+An episode that ends by terminate or ``end_episode`` stays open ``end_grace`` s more: the node
+takes what its subscriptions receive meanwhile straight from them (the executor is busy in the
+ending callback), so the last tick's messages still on their way (the state the simulator
+publishes with the last frame, when the command answering it came first) are in the bag.
+
 An episode also ends on the policy's terminate flag (``PolicyStep.terminate``; outcome
 ``unknown``, to be labelled), on ``max_episode_duration`` (``timeout_outcome``), when the disk
 gets below ``min_free_space_mb`` (``aborted``, with an error event) and on shutdown (``aborted``).
@@ -25,6 +30,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
+import time
 
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message
@@ -71,6 +77,7 @@ class RecorderNode(Node):
 
         self.events = self.create_publisher(EpisodeEvent, "episode_events", EPISODE_EVENTS_QOS)
         self._subs = []
+        self._topics: list[str] = []  # the topic each of _subs records
         self._policy_topic = self._instruction_topic = ""
         for role, qos in ROLES.items():
             topic = getattr(self.config, f"{role}_topic")
@@ -115,6 +122,7 @@ class RecorderNode(Node):
             def callback(data: bytes, topic: str = name) -> None:
                 self.recorder.write(topic, self._now(), data)
         self._subs.append(self.create_subscription(cls, name, callback, profile, raw=True))
+        self._topics.append(name)
 
     # -- callbacks ----------------------------------------------------------------------------
 
@@ -129,6 +137,7 @@ class RecorderNode(Node):
         self.recorder.note_checkpoint(step.model_id)
         if self.config.end_on_terminate and step.terminate and (
                 not step.episode_id or step.episode_id == self.recorder.active_id):
+            self._settle()
             self._end("unknown", -1.0, "policy terminate")
 
     def _on_timer(self) -> None:
@@ -177,6 +186,8 @@ class RecorderNode(Node):
     def _on_end(self, request, response):
         running = self.recorder.active_id
         ends_running = running is not None and request.episode_id in ("", running)
+        if ends_running:
+            self._settle()
         try:
             record, message = self.recorder.end(request.episode_id, request.outcome,
                                                 request.reward, "end_episode", self._now())
@@ -208,6 +219,18 @@ class RecorderNode(Node):
         return response
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _settle(self) -> None:
+        """Record ``end_grace`` s more, taking messages from the subscriptions directly."""
+        deadline = time.monotonic() + self.config.end_grace
+        while True:
+            for sub, topic in zip(self._subs, self._topics, strict=True):
+                with sub.handle:
+                    while (taken := sub.handle.take_message(sub.msg_type, sub.raw)) is not None:
+                        self.recorder.write(topic, self._now(), taken[0])
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.005)
 
     def _end(self, outcome: str, reward: float, reason: str) -> dict | None:
         try:

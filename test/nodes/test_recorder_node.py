@@ -11,6 +11,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -405,6 +407,49 @@ def test_a_policy_terminating_on_its_first_step_is_labelled_once(spawn, probe, t
         assert count(episode, EpisodeEvent.ENDED) == 1
         assert count(episode, EpisodeEvent.LABELLED) == 1
         assert len(EpisodeCatalog(record_dir).get(episode)["labels"]) == 1
+
+
+def test_the_last_ticks_messages_still_on_their_way_at_the_end_are_recorded(spawn, probe,
+                                                                            tmp_path):
+    """A state published with the last frame can reach the recorder after the command that
+    answered the frame and the end that followed it. The bag stays open ``end_grace`` s after an
+    end by end_episode or by terminate: a frame published 0.3 s after the end (grace 1.5 s) is in
+    the bag, and the end's answer comes after the grace. With the grace 0 it would be lost."""
+    record_dir = tmp_path / "episodes"
+    recorder = spawn(recorder_args(record_dir, end_grace=1.5), name="recorder")
+    robot = Robot(probe)
+    robot.wait_matched(recorder)
+    bins = np.zeros(TOK.num_dims, np.int64)
+
+    def frames(episode: str) -> list[tuple[int, ...]]:
+        with BagReader.open(record_dir / episode) as bag:
+            return [tuple(bag.deserialize(data, msgtype).data[:3])
+                    for _, msgtype, _, data in bag.messages({"/image"})]
+
+    for episode in ("ended", "terminated"):
+        start = probe.call(StartEpisode, "/recorder/start_episode",
+                           StartEpisode.Request(instruction="go", episode_id=episode), timeout=30)
+        assert start.success, start.message
+        robot.publish_step(0, bins, episode)
+        wait_short(0.3)
+        late = threading.Timer(0.3, robot.image.publish, args=(Image(
+            height=1, width=1, encoding="rgb8", step=3, data=bytes(colour(1))),))
+        late.start()
+        began = time.monotonic()
+        if episode == "ended":
+            end = probe.call(EndEpisode, "/recorder/end_episode",
+                             EndEpisode.Request(episode_id=episode, outcome="success"),
+                             timeout=30)
+            assert end.success, end.message
+            assert time.monotonic() - began >= 1.5  # answered once the bag is complete
+        else:
+            robot.step.publish(PolicyStep(episode_id=episode, terminate=True, model_id="m"))
+            wait_for(lambda e=episode: any(k[0] == EpisodeEvent.ENDED
+                                           for k in robot.event_kinds(e)),
+                     10, what="the end on terminate")
+        late.join()
+        assert frames(episode) == [colour(0), colour(1)], episode
+        assert EpisodeCatalog(record_dir).get(episode)["status"] == "complete"
 
 
 def test_a_full_disk_with_the_guard_off_keeps_catalog_and_disk_in_agreement(ros_env, tmp_path):
