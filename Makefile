@@ -38,18 +38,14 @@ bench: env
 	  && qt-ros bench collect && qt-ros bench eval
 
 # The comparison table of docs/design.md 3.9: a paper-like mix (8 % clean demonstrations, 92 %
-# noisy replays), converted, then every variant trained and evaluated on the same unseen seeds.
-# Hours on 2 CPU cores at the defaults; e.g. COMPARE_ARGS="--steps 2000 --episodes 30" for a look.
+# noisy replays), converted, then every variant trained and evaluated on the same unseen seeds
+# (qt_ros/demo/mix_comparison.py, the pipeline of `make demo DEMO_ARGS=--full` too). Hours on
+# 2 CPU cores at the defaults; e.g. COMPARE_ARGS="--steps 2000 --episodes 30" for a look, and
+# COMPARE_ARGS=--help for its options (any qt-ros compare option passes through).
 COMPARE_DIR ?= compare_runs
-COLLECT_ARGS ?= --demos 20 --replays 230 --image-size 64
 COMPARE_ARGS ?=
 compare: env
-	$(ENV) qt-ros sim collect --out $(COMPARE_DIR)/episodes $(COLLECT_ARGS) --resume \
-	  && qt-ros convert $(COMPARE_DIR)/episodes --out $(COMPARE_DIR)/dataset \
-	       --mapping $(COMPARE_DIR)/episodes/convert_mapping.yaml --image-size 64 \
-	       --tokenizer config/train/tokenizer_terminate_first.json \
-	  && qt-ros compare $(COMPARE_DIR)/dataset --out $(COMPARE_DIR)/table \
-	       --config config/train/noisy_mix.yaml $(COMPARE_ARGS)
+	$(ENV) python -m qt_ros.demo.mix_comparison --out $(COMPARE_DIR) $(COMPARE_ARGS)
 
 clean:
 	rm -rf build install log .pytest_cache .ruff_cache

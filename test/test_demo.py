@@ -4,6 +4,7 @@ whole loop with tiny counts through real ROS 2 processes."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -13,6 +14,8 @@ import yaml
 
 from qt_ros.data.dataset_reader import DatasetStore
 from qt_ros.demo.__main__ import check_recipe
+from qt_ros.demo.child_processes import DemoError
+from qt_ros.demo.closed_loop import Demo
 from qt_ros.demo.demo_summary import plot_summary, rate_text, success, summary_markdown
 from qt_ros.demo.recipe import DEFAULT, Recipe
 
@@ -39,6 +42,38 @@ def test_the_options_default_to_the_recipe(ros_env):
                           ("--eval-episodes", DEFAULT.eval_episodes)):
         assert option in text and f"(default: {value})" in text
     assert check_recipe(DEFAULT) == ""  # the shipped recipe passes the demo's own checks
+
+
+def test_make_compare_and_the_full_demo_compare_on_the_same_mix(ros_env, tmp_path):
+    """`make compare` and `make demo --full` run one pipeline: the same mix, tokenizer and
+    training config; the demo adds only its recipe's budget to `qt-ros compare`."""
+    result = subprocess.run(["make", "--no-print-directory", "compare",
+                             f"COMPARE_DIR={tmp_path / 'runs'}",
+                             "COMPARE_ARGS=--dry-run --steps 2000 --episodes 30"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    made = [shlex.split(line)[1:] for line in result.stdout.splitlines()
+            if line.startswith("qt-ros ")]
+    assert [m[0] for m in made] == ["sim", "convert", "compare"], result.stdout
+    collect, convert, compare = made
+    assert collect[collect.index("--demos") + 1] == "20"  # 8 % demonstrations
+    assert collect[collect.index("--replays") + 1] == "230"
+    assert convert[convert.index("--tokenizer") + 1].endswith(
+        "config/train/tokenizer_terminate_first.json")
+    assert compare[compare.index("--config") + 1].endswith("config/train/noisy_mix.yaml")
+    assert compare[-4:] == ["--steps", "2000", "--episodes", "30"]  # passed through
+
+    ran: list[list[str]] = []
+    demo = Demo(DEFAULT, out=tmp_path / "demo", workers=2)  # the recipe collects with 2 too
+    demo.paths["comparison"] = tmp_path / "runs"
+    demo._cli = lambda *args: ran.append(list(args)) or 0
+    with pytest.raises(DemoError, match="the comparison failed"):  # nothing ran: no table
+        demo.compare()
+    assert ran[:2] == made[:2]
+    assert ran[2][:len(compare) - 4] == compare[:-4]
+    budget = ran[2][len(compare) - 4:]
+    assert budget[budget.index("--steps") + 1] == str(DEFAULT.train_steps)
+    assert budget[budget.index("--episodes") + 1] == str(DEFAULT.eval_episodes)
 
 
 def test_episode_budget_follows_the_task():

@@ -14,7 +14,8 @@ The settings are the recipe, :mod:`qt_ros.demo.recipe` (every option's default).
 6. evaluate: ``qt-ros eval`` (in-process, the policy node's acting code) on unseen seeds;
 7. second round (``--improve``, on by default): ``qt-ros train --init`` on from the first
    checkpoint with the policy's own episodes in the data, then ``qt-ros eval`` on the same seeds;
-8. with ``--full``: the comparison table (Q-T, BC, ablations: ``qt-ros compare``);
+8. with ``--full``: the comparison table (Q-T, BC, ablations: ``qt-ros compare``) on the
+   paper-like mix, by :mod:`qt_ros.demo.mix_comparison` (also ``make compare``);
 9. summary: ``summary.md``, ``summary.png``, ``summary.json`` and ``policy_episode.gif`` in the
    output directory; the success rate through ROS with its 95 % interval is printed at the end.
 

@@ -13,16 +13,14 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from qt_ros.common.files import shipped_config
 from qt_ros.demo.child_processes import DemoError, Processes
+from qt_ros.demo.mix_comparison import config_option, mix_commands, run_commands
 from qt_ros.demo.recipe import Recipe
 from qt_ros.demo.ros_episodes import RosPolicyEpisodes, node_environment, write_sim_params
 
 ROS_SEED = 10_000  # scene seeds of the policy episodes through ROS (data: seed 0..)
 RECORD_SEED = 20_000  # scene seeds of the policy episodes recorded in-process for round 2
 EVAL_SEED = 100_000  # scene seeds of the in-process evaluations, before and after
-# The comparison's data (--full): the paper-like mix of ``make compare``.
-COMPARE_MIX = ("--demos", "20", "--replays", "230")
 
 
 class Demo:
@@ -116,7 +114,7 @@ class Demo:
 
     def convert(self) -> None:
         episodes = self.paths["episodes"]
-        tokenizer = self._config_option("--tokenizer", self.recipe.tokenizer)
+        tokenizer = config_option("--tokenizer", self.recipe.tokenizer, "the recipe's")
         status = self._cli("convert", str(episodes), "--out", str(self.paths["dataset"]),
                            "--mapping", str(episodes / "convert_mapping.yaml"),
                            "--image-size", str(self.recipe.image_size),
@@ -124,18 +122,9 @@ class Demo:
         if status != 0 or not (self.paths["dataset"] / "dataset.json").exists():
             raise DemoError(f"qt-ros convert failed (status {status}); see above")
 
-    def _config_option(self, option: str, name: str) -> list[str]:
-        """``[option, config/<name>]`` (none when ``name`` is empty); a missing file is an error."""
-        if not name:
-            return []
-        path = shipped_config(name)
-        if path is None:
-            raise DemoError(f"the recipe's {option} file config/{name} is missing")
-        return [option, str(path)]
-
     def _train(self, out: Path, steps: int, minutes: float, *extra: str) -> None:
         r = self.recipe
-        extra = (*self._config_option("--config", r.train_config), *extra)
+        extra = (*config_option("--config", r.train_config, "the recipe's"), *extra)
         env = dict(self.env)
         if self.train_threads > 0:
             env["OMP_NUM_THREADS"] = str(self.train_threads)
@@ -251,26 +240,19 @@ class Demo:
 
     def compare(self) -> None:
         """The comparison table (docs/design.md 3.9): Q-T, BC and ablations, trained with the
-        recipe's budget on a paper-like mix and evaluated on the same unseen seeds."""
+        recipe's budget on the paper-like mix of ``make compare`` (one pipeline:
+        :mod:`qt_ros.demo.mix_comparison`) and evaluated on the same unseen seeds."""
         r = self.recipe
         root = self.paths["comparison"]
-        episodes, dataset = root / "episodes", root / "dataset"
-        status = self._cli("sim", "collect", "--out", str(episodes), *COMPARE_MIX, "--task",
-                           r.task, "--image-size", str(r.image_size), "--workers",
-                           str(r.collect_workers), "--resume")
-        if status == 0:
-            status = self._cli("convert", str(episodes), "--out", str(dataset), "--mapping",
-                               str(episodes / "convert_mapping.yaml"), "--image-size",
-                               str(r.image_size), "--workers", str(self.workers),
-                               *self._config_option("--tokenizer", r.tokenizer))
-        if status == 0:
-            status = self._cli("compare", str(dataset), "--out", str(root / "table"),
-                               *self._config_option("--config", r.compare_config),
-                               "--preset", r.preset, "--steps", str(r.train_steps),
-                               "--batch-size", str(r.batch_size), "--lr", f"{r.lr:g}",
-                               "--encoder", r.encoder, "--max-minutes", f"{r.train_minutes:g}",
-                               "--episodes", str(r.eval_episodes), "--task", r.task,
-                               "--workers", str(self.workers))
+        commands = mix_commands(
+            root, task=r.task, image_size=r.image_size, workers=self.workers,
+            collect_workers=r.collect_workers, tokenizer=r.tokenizer, config=r.compare_config,
+            compare_args=["--preset", r.preset, "--steps", str(r.train_steps), "--batch-size",
+                          str(r.batch_size), "--lr", f"{r.lr:g}", "--encoder", r.encoder,
+                          "--max-minutes", f"{r.train_minutes:g}", "--episodes",
+                          str(r.eval_episodes)],
+            whose="the recipe's")
+        status = run_commands(commands, self._cli)
         table = root / "table" / "comparison.md"
         if status != 0 or not table.exists():
             raise DemoError(f"the comparison failed (status {status}); see above")
