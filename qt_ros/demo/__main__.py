@@ -15,6 +15,7 @@ from qt_ros import demo as demo_package
 from qt_ros.common.files import shipped_config
 from qt_ros.demo.child_processes import DemoError
 from qt_ros.demo.recipe import DEFAULT, Recipe
+from qt_ros.sim.simulator import EPISODE_STEPS_TEXT
 
 # option -> recipe field, for the options that override the recipe
 RECIPE_OPTIONS = {
@@ -39,7 +40,7 @@ RECIPE_OPTIONS = {
     "--eval-episodes": ("eval_episodes", int, "in-process qt-ros eval episodes, before and "
                                               "after the second round (0: none)"),
     "--max-steps": ("max_steps", int, "decisions a policy episode may take (0: the task's, "
-                                      "50 for lift, 80 for place)"),
+                                      f"{EPISODE_STEPS_TEXT})"),
     "--improve-episodes": ("improve_episodes", int, "policy episodes recorded in-process for "
                                                     "the second round (besides the ROS ones)"),
     "--improve-steps": ("improve_steps", int, "gradient steps of the second round"),

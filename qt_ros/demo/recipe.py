@@ -75,8 +75,8 @@ class Recipe:
     eval_episodes: int = 100
     """In-process ``qt-ros eval`` episodes (unseen seeds) before and after the second round."""
     max_steps: int = 0
-    """Control steps a policy episode may take (0: the task's, 50 for lift and 80 for place;
-    the scripted demonstrator needs up to ~27 and ~53)."""
+    """Control steps a policy episode may take (0: the task's,
+    :data:`qt_ros.sim.simulator.EPISODE_STEPS`)."""
 
     # ---- the self-improvement round (the policy's own episodes, then ``train --init``)
     improve: bool = True

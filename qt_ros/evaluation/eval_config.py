@@ -21,7 +21,7 @@ from qt_ros.common.settings import from_parameters, setting, setting_of
 from qt_ros.control.policy_config import ConfigError, PolicyConfig
 from qt_ros.sim.demonstrator import DemonstratorConfig
 from qt_ros.sim.node_configs import DemonstratorNodeConfig, SimRobotNodeConfig
-from qt_ros.sim.simulator import SimConfig, episode_steps
+from qt_ros.sim.simulator import EPISODE_STEPS_TEXT, SimConfig, episode_steps
 
 POLICIES = ("checkpoint", "demonstrator")
 # Far from the seeds data collection uses (the demo: 0.., its policy episodes 10000..), so the
@@ -44,8 +44,8 @@ class EvalConfig:
     seed_offset: int = setting(DEFAULT_SEED_OFFSET, "scene seed of the first episode (episode "
                                "k: seed_offset + k); the default is far from the seeds of "
                                "data collection")
-    max_steps: int = setting(0, "control steps before an episode ends without terminate (0: 50 "
-                             "for lift, 80 for place, as qt-ros sim collect)")
+    max_steps: int = setting(0, "control steps before an episode ends without terminate (0: "
+                             f"{EPISODE_STEPS_TEXT}, as qt-ros sim collect)")
     workers: int = setting(1, "worker processes, each with its own simulator and model (one "
                            "torch thread each)")
     out: str = setting("", "output directory (default: <checkpoint>/eval-<task>, or "

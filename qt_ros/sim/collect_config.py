@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from qt_ros.common.settings import setting
 from qt_ros.sim.node_configs import DEFAULT_CONTROL_RATE
-from qt_ros.sim.simulator import TASKS, SimConfig, episode_steps
+from qt_ros.sim.simulator import EPISODE_STEPS_TEXT, TASKS, SimConfig, episode_steps
 
 
 class CollectError(ValueError):
@@ -39,7 +39,7 @@ class CollectConfig:
     replay_mistake_rate: float = setting(0.6, "probability of a scripted mistake in a replay "
                                               "(off-centre grasp, drop, early terminate)")
     max_steps: int = setting(0, "decisions per episode before the episode is ended with a "
-                                "hold (0: 50 for lift, 80 for place, as make demo)")
+                                f"hold (0: {EPISODE_STEPS_TEXT}, as make demo)")
     robot: str = setting("qt_ros_sim", "robot name in the episode ids and metadata "
                                        "(config/sim.yaml's recorder)")
     compression: str = setting("none", "MCAP chunk compression", choices=("none", "zstd"))

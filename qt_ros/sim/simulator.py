@@ -46,6 +46,8 @@ TASKS = {
 # Decisions an episode may take before it is ended without terminate (collection, evaluation):
 # the scripted demonstrator needs up to ~27 of them for lift and ~53 for place.
 EPISODE_STEPS = {"lift": 50, "place": 80}
+# For help texts: "50 for lift, 80 for place".
+EPISODE_STEPS_TEXT = ", ".join(f"{n} for {task}" for task, n in EPISODE_STEPS.items())
 
 
 def episode_steps(task: str, max_steps: int = 0) -> int:
