@@ -25,9 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from qt_ros.faults.checkpoint_faults import run_checkpoints
@@ -35,80 +33,50 @@ from qt_ros.faults.checkpoint_faults import run_checkpoints
 # -- real recorder processes ----------------------------------------------------------------------
 
 
-class _Operator:
-    """An rclpy node in this process, spun on a thread: calls services, collects episode events."""
+def _operator(domain_id: int):
+    """An :class:`~qt_ros.nodes.episode_driver.OperatorNode` (imported here: this module loads
+    without rclpy) that can also send a request whose answer is lost."""
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
 
-    def __init__(self, domain_id: int) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.signals import SignalHandlerOptions
+    from qt_ros.nodes.episode_driver import DriverError, OperatorNode
 
-        from qt_ros.msg import EpisodeEvent
-        from qt_ros.nodes.qos import EPISODE_EVENTS_QOS
+    class Operator(OperatorNode):
+        def __init__(self) -> None:
+            super().__init__(domain_id, f"recorder_faults_{os.getpid()}")
+            # A node nobody spins: what it sends arrives, the answers are never read (lost).
+            self.deaf_context = rclpy.Context()
+            rclpy.init(context=self.deaf_context, domain_id=domain_id,
+                       signal_handler_options=SignalHandlerOptions.NO)
+            self.deaf = rclpy.create_node(f"recorder_faults_deaf_{os.getpid()}",
+                                          context=self.deaf_context)
 
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id,
-                   signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node(f"recorder_faults_{os.getpid()}", context=self.context)
-        self.events: list = []
-        self.node.create_subscription(EpisodeEvent, "episode_events", self.events.append,
-                                      EPISODE_EVENTS_QOS)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-        # A node nobody spins: what it sends arrives, the answers are never read (lost).
-        self.deaf_context = rclpy.Context()
-        rclpy.init(context=self.deaf_context, domain_id=domain_id,
-                   signal_handler_options=SignalHandlerOptions.NO)
-        self.deaf = rclpy.create_node(f"recorder_faults_deaf_{os.getpid()}",
-                                      context=self.deaf_context)
-
-    def _spin(self) -> None:
-        while self.context.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001 - the context went away while spinning
-                if not self.context.ok():
-                    return
-                raise
-
-    def send(self, srv_type, name: str, request, timeout: float = 30.0, abandon: bool = False):
-        """Call a service and wait for the answer, or (``abandon``) send from a node that never
-        reads its answers: the response is lost, as when a caller times out or dies."""
-        client = (self.deaf if abandon else self.node).create_client(srv_type, name)
-        deadline = time.monotonic() + timeout
-        while not client.service_is_ready():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} is not available")
-            time.sleep(0.05)
-        future = client.call_async(request)
-        if abandon:
+        def send(self, srv_type, name: str, request, timeout: float = 30.0,
+                 abandon: bool = False):
+            """Call a service and return its answer (None when none came), or (``abandon``)
+            send from a node that never reads its answers: the response is lost, as when a
+            caller times out or dies. A service that does not appear raises DriverError."""
+            if not abandon:
+                self.wait_for_service(srv_type, name, timeout)
+                try:
+                    return self.call(srv_type, name, request, timeout)
+                except DriverError:
+                    return None
+            client = self.deaf.create_client(srv_type, name)
+            deadline = time.monotonic() + timeout
+            while not client.service_is_ready():
+                if time.monotonic() > deadline:
+                    raise DriverError(f"service {name} did not appear within {timeout:g} s")
+                time.sleep(0.05)
+            client.call_async(request)
             return None
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        self.node.destroy_client(client)
-        return future.result() if future.done() else None
 
-    def wait_event(self, match: Callable, timeout: float) -> object | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [e for e in list(self.events) if match(e)]
-            if found:
-                return found[0]
-            time.sleep(0.02)
-        return None
+        def close(self) -> None:
+            self.deaf.destroy_node()
+            self.deaf_context.try_shutdown()
+            super().close()
 
-    def count(self, episode_id: str, kind: int) -> int:
-        return sum(1 for e in list(self.events) if e.episode_id == episode_id and e.event == kind)
-
-    def close(self) -> None:
-        self.deaf.destroy_node()
-        self.deaf_context.try_shutdown()
-        self.context.try_shutdown()
-        self._thread.join(timeout=5)
-        self.executor.shutdown()
-        self.node.destroy_node()
+    return Operator()
 
 
 class _Processes:
@@ -193,14 +161,14 @@ def run_disk_full(root: Path, domain_id: int, tmpfs_mb: int = 16) -> dict:
     with _Processes(root, domain_id) as procs:
         recorder = procs.start("recorder_full", ["unshare", "-rm", "sh", "-c", script])
         seen = Path(f"/proc/{recorder.pid}/root") / str(record_dir).lstrip("/")  # its tmpfs
-        operator = _Operator(domain_id)
+        operator = _operator(domain_id)
         try:
             return _fill_the_disk(operator, seen, StartEpisode, EndEpisode)
         finally:
             operator.close()
 
 
-def _fill_the_disk(operator: _Operator, seen: Path, StartEpisode, EndEpisode) -> dict:
+def _fill_the_disk(operator, seen: Path, StartEpisode, EndEpisode) -> dict:
     from sensor_msgs.msg import Image
 
     from qt_ros.msg import EpisodeEvent
@@ -263,7 +231,7 @@ def run_lost_start(root: Path, domain_id: int, trials: int) -> dict:
     answered, known, unknown, lost_requests = 0, set(), [], 0
     with _Processes(root, domain_id) as procs:
         procs.start("recorder_lost", _recorder_args(root / "lost", min_free_space_mb=1.0))
-        operator = _Operator(domain_id)
+        operator = _operator(domain_id)
         try:
             for k in range(trials):
                 request = StartEpisode.Request(instruction=f"task {k}",
@@ -301,7 +269,7 @@ def run_double_label(root: Path, domain_id: int, trials: int) -> dict:
         procs.start("recorder_label", _recorder_args(root / "label", min_free_space_mb=1.0))
         procs.start("sim", [sys.executable, "-m", "qt_ros.nodes.sim_robot_node", "--ros-args",
                             "-p", "image_width:=64", "-p", "image_height:=64"])
-        operator = _Operator(domain_id)
+        operator = _operator(domain_id)
         try:
             steps = operator.node.create_publisher(PolicyStep, "policy_step", RELIABLE_QOS)
             deadline = time.monotonic() + 60

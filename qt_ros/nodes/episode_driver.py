@@ -6,12 +6,17 @@ enables the actor (``demonstrator/enable`` or ``policy/enable``), and waits unti
 reports the episode ended (the actor's terminate) or the step budget runs out (then it disables
 the actor and ends the episode itself). The simulator's success detector labels the episode
 (``label_episodes``); should no label come, the driver labels it from ``task_success``.
+
+Its plumbing (the node's thread, service calls with timeouts, the events received) is
+:class:`OperatorNode`, which the recorder's fault suites (:mod:`qt_ros.faults.recorder_faults`)
+use too.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import rclpy
@@ -41,28 +46,26 @@ class EpisodeOutcome:
     scene: str  # the simulator's reset message (episode number and seed)
 
 
-class EpisodeDriver:
-    """The operator's node (see the module docstring). Use as a context manager."""
+class OperatorNode:
+    """An rclpy node in this process, spun on a background thread, that calls services and
+    collects ``episode_events`` (``events``, in arrival order): the plumbing of
+    :class:`EpisodeDriver` and of the recorder's fault suites. Use as a context manager."""
 
-    def __init__(self, domain_id: int | None = None, name: str = "demo_driver"):
+    def __init__(self, domain_id: int | None = None, name: str = "operator"):
         self.context = rclpy.Context()
         kwargs = {} if domain_id is None else {"domain_id": domain_id}
         rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO,
                    **kwargs)
         self.node = rclpy.create_node(name, context=self.context)
         self._lock = threading.Lock()
-        self._events: list[EpisodeEvent] = []
-        self._success: bool | None = None
+        self.events: list[EpisodeEvent] = []
         self.node.create_subscription(EpisodeEvent, "episode_events", self._on_event,
                                       EPISODE_EVENTS_QOS)
-        self.node.create_subscription(Bool, "task_success", self._on_success, RELIABLE_QOS)
         self._clients: dict[str, object] = {}
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
-
-    # ---------------------------------------------------------------- plumbing
 
     def _spin(self) -> None:
         while self.context.ok():
@@ -75,10 +78,7 @@ class EpisodeDriver:
 
     def _on_event(self, msg: EpisodeEvent) -> None:
         with self._lock:
-            self._events.append(msg)
-
-    def _on_success(self, msg: Bool) -> None:
-        self._success = bool(msg.data)
+            self.events.append(msg)
 
     def _client(self, srv_type, name: str):
         if name not in self._clients:
@@ -107,6 +107,46 @@ class EpisodeDriver:
             time.sleep(0.005)
         return future.result()
 
+    def wait_event(self, match: Callable[[EpisodeEvent], bool],
+                   timeout: float) -> EpisodeEvent | None:
+        """The first event ``match`` accepts, waiting up to ``timeout`` s for it (else None)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                found = next((e for e in self.events if match(e)), None)
+            if found is not None or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.01)
+
+    def count(self, episode_id: str, kind: int) -> int:
+        """Events of ``kind`` about ``episode_id`` received so far."""
+        with self._lock:
+            return sum(1 for e in self.events if e.episode_id == episode_id and e.event == kind)
+
+    def close(self) -> None:
+        self.context.try_shutdown()
+        self._thread.join(timeout=5)
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EpisodeDriver(OperatorNode):
+    """The operator's node (see the module docstring). Use as a context manager."""
+
+    def __init__(self, domain_id: int | None = None, name: str = "demo_driver"):
+        super().__init__(domain_id, name)
+        self._success: bool | None = None
+        self.node.create_subscription(Bool, "task_success", self._on_success, RELIABLE_QOS)
+
+    def _on_success(self, msg: Bool) -> None:
+        self._success = bool(msg.data)
+
     def wait_active(self, node: str, timeout: float, alive=None) -> None:
         """Wait until the lifecycle node ``node`` is active (the policy after loading)."""
         deadline = time.monotonic() + timeout
@@ -128,20 +168,10 @@ class EpisodeDriver:
             time.sleep(0.2)
 
     def _find(self, episode_id: str, kind: int) -> EpisodeEvent | None:
-        with self._lock:
-            for e in self._events:
-                if e.episode_id == episode_id and e.event == kind:
-                    return e
-        return None
+        return self.wait_event(lambda e: e.episode_id == episode_id and e.event == kind, 0)
 
     def _wait_event(self, episode_id: str, kind: int, timeout: float) -> EpisodeEvent | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            event = self._find(episode_id, kind)
-            if event is not None:
-                return event
-            time.sleep(0.01)
-        return None
+        return self.wait_event(lambda e: e.episode_id == episode_id and e.event == kind, timeout)
 
     # ---------------------------------------------------------------- episodes
 
@@ -182,15 +212,3 @@ class EpisodeDriver:
                 outcome = label.outcome
         return EpisodeOutcome(episode_id=episode, outcome=outcome, ended_by=ended_by,
                               seconds=seconds, bag=start.bag_path, scene=scene.message)
-
-    def close(self) -> None:
-        self.context.try_shutdown()
-        self._thread.join(timeout=5)
-        self.executor.shutdown()
-        self.node.destroy_node()
-
-    def __enter__(self) -> EpisodeDriver:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
