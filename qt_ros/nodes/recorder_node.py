@@ -221,7 +221,9 @@ class RecorderNode(Node):
     # -- helpers ------------------------------------------------------------------------------
 
     def _settle(self) -> None:
-        """Record ``end_grace`` s more, taking messages from the subscriptions directly."""
+        """Record ``end_grace`` s more, taking messages from the subscriptions directly. They
+        are only written: a policy step taken here is not checked for terminate (the episode
+        is ending already) nor for its checkpoint id (its earlier steps gave it)."""
         deadline = time.monotonic() + self.config.end_grace
         while True:
             for sub, topic in zip(self._subs, self._topics, strict=True):
