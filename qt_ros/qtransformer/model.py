@@ -142,6 +142,9 @@ class QTransformer(nn.Module):
                                               for _ in range(cfg.frame_layers))
         self.instruction_token = nn.Linear(cfg.instruction_dim, D)
         self.state_token = nn.Linear(cfg.state_dim, D) if cfg.state_dim else None
+        if cfg.state_mean:  # the data's statistics, from the config (not trained, not saved)
+            self.register_buffer("state_mean", torch.tensor(cfg.state_mean), persistent=False)
+            self.register_buffer("state_std", torch.tensor(cfg.state_std), persistent=False)
         self.trunk = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
                                    for _ in range(cfg.num_layers))
         # The head attends to the trunk outputs, projected to its width.
@@ -219,6 +222,8 @@ class QTransformer(nn.Module):
                 got = None if state is None else tuple(state.shape)
                 raise ValueError(f"this model needs a state vector of size {self.cfg.state_dim}, "
                                  f"got {got}")
+            if self.cfg.state_mean:
+                state = (state - self.state_mean) / self.state_std
             parts.append(self.state_token(state)[:, None])
         if self.cfg.history > 0:
             tokens = frame_tokens + self.frame_pos                         # [B, w, k, D]

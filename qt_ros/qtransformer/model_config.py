@@ -19,6 +19,10 @@ class ModelConfig:
         history: number of frames w in the observation (0: no images, a state-only model).
         instruction_dim: size of the instruction embedding (384 for all-MiniLM-L6-v2).
         state_dim: size of the proprioceptive state vector (0: none).
+        state_mean, state_std: per-dimension mean and standard deviation of the state in the
+            training data (``qt-ros train --state-norm``); the model standardizes the state
+            with them before its state token, so a dimension of millimetres (a finger's
+            opening) weighs as much as one of decimetres. Empty: the state is used as given.
         action_bins: bins of each action dimension, in autoregressive order.
         stem_channels: output channels of the stem convolution.
         stem_stride: 2 (EfficientNet's 3x3 stride-2 stem convolution) or 4 or 8 (a patchify
@@ -51,6 +55,8 @@ class ModelConfig:
     history: int = 6
     instruction_dim: int = 384
     state_dim: int = 0
+    state_mean: tuple[float, ...] = ()
+    state_std: tuple[float, ...] = ()
     action_bins: tuple[int, ...] = (256,) * 7 + (2,)
     stem_channels: int = 96
     stem_stride: int = 8
@@ -78,6 +84,14 @@ class ModelConfig:
         self.stage_channels = tuple(int(c) for c in self.stage_channels)
         self.stage_blocks = tuple(int(n) for n in self.stage_blocks)
         self.stage_strides = tuple(int(s) for s in self.stage_strides)
+        self.state_mean = tuple(float(v) for v in self.state_mean)
+        self.state_std = tuple(float(v) for v in self.state_std)
+        if (self.state_mean or self.state_std) and not (
+                len(self.state_mean) == len(self.state_std) == self.state_dim
+                and min(self.state_std) > 0):
+            raise ValueError(f"state_mean and state_std need state_dim ({self.state_dim}) "
+                             f"values each, std > 0: got {list(self.state_mean)} and "
+                             f"{list(self.state_std)}")
         if len(self.image_size) != 2 or min(self.image_size) < 8:
             raise ValueError(f"image_size must be (height, width) >= 8, got {self.image_size}")
         if not (len(self.stage_channels) == len(self.stage_blocks) == len(self.stage_strides)):

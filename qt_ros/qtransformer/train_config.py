@@ -67,6 +67,9 @@ class TrainConfig:
     q_max: float | None = setting(None, "highest Q value (default: the highest return in the "
                                         "data, at least 1); a return outside [q-min, q-max] "
                                         "is an error")
+    state_norm: bool = setting(False, "standardize the state with the training data's "
+                                      "per-dimension mean and std, kept in the model's config "
+                                      "(a new model only; --init and --resume keep theirs)")
     encoder: str = setting(EncoderConfig.kind, "instruction encoder (minilm: the pretrained "
                                                "all-MiniLM-L6-v2, offline)", choices=KINDS)
     demo_weight: float = setting(1.0, "sampling share of demonstration steps")

@@ -155,9 +155,10 @@ def _model_and_data(cfg: TrainConfig, device, state):
     if model is None:
         q_min = cfg.q_min if cfg.q_min is not None else min(0.0, low)
         q_max = cfg.q_max if cfg.q_max is not None else max(1.0, high)
+        mean, std = data.state_stats() if cfg.state_norm else ([], [])
         model = QTransformer(model_config(
             cfg.preset, **{**dict(image_size=data.image_size, history=history,
-                                  state_dim=data.state_dim,
+                                  state_dim=data.state_dim, state_mean=mean, state_std=std,
                                   action_bins=tuple(data.tokenizer.bins),
                                   instruction_dim=encoder_config.dim, q_min=q_min, q_max=q_max),
                            **cfg.model})).to(device)

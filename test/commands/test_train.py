@@ -197,3 +197,26 @@ def test_shipped_training_configs_resolve(name):
     model_config(cfg.preset, **(cfg.model or {}))
     if name == "noisy_mix.yaml":        # the measured settings the file's comment states
         assert cfg.learner.conservative_radius == 0.2 and cfg.history == 1
+
+
+def test_state_norm_keeps_the_datas_state_statistics_in_the_checkpoint(tmp_path):
+    """``--state-norm``: the checkpoint carries the data's state mean and std, so the policy
+    standardizes the robot's state as training did; ``--init`` keeps the statistics it has."""
+    from qt_ros.data.synthetic_dataset import EpisodeSpec, write_dataset
+
+    data = write_dataset(tmp_path / "data", [EpisodeSpec(12, "success"),
+                                             EpisodeSpec(9, "failure")], state_dim=4)
+    stats = json.loads((data / "stats.json").read_text())["state"]
+    normed, plain, again = tmp_path / "normed", tmp_path / "plain", tmp_path / "again"
+    for out, extra in ((normed, ["--state-norm"]), (plain, []), (again, ["--init", str(normed)])):
+        result = _train(str(data), "--out", str(out), "--steps", "4", *COMMON, *extra)
+        assert result.returncode == 0, result.stderr
+    model = read_config(normed)["model"]
+    assert model["state_mean"] == pytest.approx(stats["mean"])
+    assert model["state_std"] == pytest.approx(stats["std"])
+    assert read_config(plain)["model"]["state_mean"] == []
+    assert read_config(again)["model"]["state_mean"] == model["state_mean"]
+    policy = load_policy(normed)
+    policy.reset("pick up the red cube")
+    result = policy.act(np.zeros((32, 32, 3), np.uint8), np.array([0.1, 0.0, 0.02, 0.01]))
+    assert np.isfinite(result.q_values).all()

@@ -108,3 +108,19 @@ def test_datasets_that_do_not_fit_together_are_a_clear_error(two, tmp_path):
         _mixture([two[0], tmp_path / "missing"])
     with pytest.raises(ValueError, match="one weight per dataset"):
         _mixture(two, weights=[1])
+
+
+def test_state_statistics_pool_every_step_of_every_dataset(tmp_path):
+    """``--state-norm`` standardizes with these: each step counts once, whatever the shares."""
+    a = write_dataset(tmp_path / "a", [EpisodeSpec(10, "success"), EpisodeSpec(7, "failure")],
+                      state_dim=3)
+    b = write_dataset(tmp_path / "b", [EpisodeSpec(5, "success")], state_dim=3, seed=1)
+    mixture = DatasetMixture([a, b], [1, 9], history=1, instruction_embeddings=EMBED)
+    states = np.stack([mixture[i]["state"].numpy() for i in range(len(mixture))])
+    assert len(states) == 22
+    mean, std = mixture.state_stats()
+    np.testing.assert_allclose(mean, states.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std, states.std(0), rtol=1e-4)
+    plain = write_dataset(tmp_path / "plain", [EpisodeSpec(4, "success")])
+    assert DatasetMixture([plain], history=1,
+                          instruction_embeddings=EMBED).state_stats() == ([], [])

@@ -164,3 +164,26 @@ def test_gradients_reach_every_parameter():
     model(frames, emb, state, bins).sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert missing == [], missing
+
+
+def test_a_model_with_the_datas_state_statistics_standardizes_the_state():
+    """``state_mean``/``state_std`` (``qt-ros train --state-norm``): the same weights see
+    (state - mean) / std, so millimetre-sized dimensions (a finger's opening) are not lost."""
+    torch.manual_seed(0)
+    mean, std = (0.1, -0.2, 0.005), (0.05, 0.1, 0.004)
+    normed = QTransformer(model_config("tiny", state_dim=3, state_mean=mean, state_std=std,
+                                       action_bins=(16, 2))).eval()
+    plain = QTransformer(model_config("tiny", state_dim=3, action_bins=(16, 2))).eval()
+    plain.load_state_dict(normed.state_dict())        # the statistics are not weights
+    frames, emb, state, bins = _inputs(normed.cfg)
+    with torch.no_grad():
+        got = normed(frames, emb, state, bins)
+        want = plain(frames, emb, (state - torch.tensor(mean)) / torch.tensor(std), bins)
+        unscaled = plain(frames, emb, state, bins)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, unscaled)
+    assert ModelConfig.from_config(normed.cfg.to_config()) == normed.cfg
+    with pytest.raises(ValueError, match="state_mean and state_std"):
+        model_config("tiny", state_dim=3, state_mean=mean, state_std=(1.0, 1.0))
+    with pytest.raises(ValueError, match="std > 0"):
+        model_config("tiny", state_dim=3, state_mean=mean, state_std=(1.0, 0.0, 1.0))
