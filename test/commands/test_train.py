@@ -197,6 +197,8 @@ def test_shipped_training_configs_resolve(name):
     model_config(cfg.preset, **(cfg.model or {}))
     if name == "noisy_mix.yaml":        # the measured settings the file's comment states
         assert cfg.learner.conservative_radius == 0.2 and cfg.history == 1
+    if name == "place.yaml":
+        assert cfg.state_norm and cfg.steps == 32000 and cfg.history == 1
 
 
 def test_state_norm_keeps_the_datas_state_statistics_in_the_checkpoint(tmp_path):
