@@ -116,14 +116,10 @@ class DatasetMixture(Dataset):
         """(mean, std) of the state per dimension over every step of every dataset (each
         step once, whatever the sampling shares), from the shards' sums; ([], []) without a
         state. A dimension that never changes gets std 1 (standardizing leaves it as is)."""
-        from qt_ros.data.dataset_stats import merge_sums, shard_infos, stats_from_sums
+        from qt_ros.data.dataset_stats import compute_stats
 
-        total: dict = {}
-        for root in self.roots:
-            for _, info in shard_infos(Path(root)):
-                total = merge_sums(total, info.get("sums", {}))
-        state = stats_from_sums(total).get("state")
-        if not self.state_dim or not state or not state["count"]:
+        state = compute_stats(*self.roots).get("state") if self.state_dim else None
+        if not state or not state["count"]:
             return [], []
         return state["mean"], [s if s > 1e-9 else 1.0 for s in state["std"]]
 

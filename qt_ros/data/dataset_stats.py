@@ -101,9 +101,11 @@ def shard_infos(root: Path) -> Iterator[tuple[str, dict]]:
             yield d.name, read_json(d / "shard.json")
 
 
-def compute_stats(root: Path) -> dict[str, Any]:
-    """The dataset's statistics (``stats.json``): every shard's sums merged."""
+def compute_stats(*roots: Path) -> dict[str, Any]:
+    """The dataset's statistics (``stats.json``): every shard's sums merged; given several
+    dataset roots, the statistics of all their steps together."""
     total: dict[str, Any] = {}
-    for _, info in shard_infos(root):
-        total = merge_sums(total, info.get("sums", {}))
+    for root in roots:
+        for _, info in shard_infos(Path(root)):
+            total = merge_sums(total, info.get("sums", {}))
     return stats_from_sums(total)
