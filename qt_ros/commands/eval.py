@@ -14,8 +14,9 @@ loop: the sanity anchor (it should succeed almost always). The work is
 
 ``--offline CHECKPOINT DATASET`` needs no simulator: TD error, predicted Q against the Monte
 Carlo return of successful and failed episodes and the greedy action's per-dimension agreement
-with the demonstrations, on the dataset's steps, as ``offline_eval.json`` and
-``offline_eval.png`` (:mod:`qt_ros.evaluation.offline_eval`)::
+with the demonstrations (overall and per phase of the data's gripper: reaching, carrying), on
+the dataset's steps, as ``offline_eval.json`` and ``offline_eval.png``
+(:mod:`qt_ros.evaluation.offline_eval`)::
 
     qt-ros eval --offline ckpt/ data/ [--offline-steps 2000]
 """
@@ -147,5 +148,13 @@ def run_offline(args: argparse.Namespace) -> int:
           + (f"; agreement with the {summary['agreement']['reference']} "
              f"{summary['agreement']['mean']:.1%}" if summary["agreement"]["mean"] is not None
              else ""))
+    for phase, row in (summary["phases"] or {}).items():
+        if row["steps"]:
+            direction = row.get("direction") or {}
+            agreement = sum(row["agreement"].values()) / len(row["agreement"])
+            print(f"  {phase}: {row['steps']} steps, agreement {agreement:.1%}"
+                  + (f"; x/y direction cosine {direction['cosine']:.2f} over "
+                     f"{direction['steps']} moving steps" if direction.get("cosine") is not None
+                     else ""))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

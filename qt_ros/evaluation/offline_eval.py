@@ -10,7 +10,11 @@ No robot and no simulator: the checkpoint's network reads the dataset's steps an
   where they fail (Q of the whole action: the last dimension's Q of the data's bins);
 - **agreement with the demonstrations**: per action dimension, how often the greedy action (the
   policy's) picks the demonstration's bin, over the steps of demonstration episodes (or of
-  successful episodes when there are none), and the bin confusion behind it.
+  successful episodes when there are none), and the bin confusion behind it;
+- **per phase** (when the action has a ``gripper`` dimension): the same agreement split by the
+  data's gripper command (open: reaching; closed: carrying), and the cosine between the greedy
+  and the data's horizontal (x, y) command on the steps where the data moves. A two-phase task
+  can be learned in one phase and not in the other, which the overall agreement hides.
 
 ``evaluate`` returns the summary (JSON-ready) and the per-step arrays; ``plot`` draws the Q
 against return scatter and the per-dimension confusion matrices. Training uses the same
@@ -31,6 +35,8 @@ from qt_ros.qtransformer.model import greedy
 
 # Confusion matrices group bins into at most this many cells per axis.
 CONFUSION_CELLS = 16
+# A step "moves" when the data's horizontal command is at least this share of the largest one.
+MOVE_SHARE = 0.3
 
 
 @torch.no_grad()
@@ -58,7 +64,7 @@ def evaluate(model, dataset, learner_config: LearnerConfig | None = None,
     episodes = [dataset.episodes[int(k)] for k in dataset._episode_of[indices]]
     steps["outcome"] = np.asarray([e.get("outcome", "unknown") for e in episodes])
     steps["source"] = np.asarray([e.get("source", "autonomous") for e in episodes])
-    return _summary(steps, dataset.tokenizer.names, model.cfg.action_bins), steps
+    return _summary(steps, dataset.tokenizer, model.cfg.action_bins), steps
 
 
 def _batch_arrays(model, batch: dict, cfg: LearnerConfig, device) -> dict[str, np.ndarray]:
@@ -81,7 +87,8 @@ def _batch_arrays(model, batch: dict, cfg: LearnerConfig, device) -> dict[str, n
             "bins": bins.cpu().numpy(), "greedy": chosen.cpu().numpy()}
 
 
-def _summary(steps: dict, names: list[str], action_bins) -> dict:
+def _summary(steps: dict, tokenizer, action_bins) -> dict:
+    names = tokenizer.names
     error = steps["q"] - steps["target"]
     demos = steps["source"] == "demonstration"
     reference, label = ((demos, "demonstration episodes") if demos.any() else
@@ -106,9 +113,44 @@ def _summary(steps: dict, names: list[str], action_bins) -> dict:
                           name: (float(np.abs(steps["greedy"][reference, i]
                                               - steps["bins"][reference, i]).mean())
                                  if len(agree) else None) for i, name in enumerate(names)}},
+        "phases": phases(steps, reference, tokenizer),
         "action_bins": [int(k) for k in action_bins],
         "dimension_names": list(names),
     }
+
+
+def phases(steps: dict, reference: np.ndarray, tokenizer) -> dict | None:
+    """Agreement and horizontal direction of the greedy action on the ``reference`` steps, per
+    phase of the data's gripper command ("gripper open" below the middle of its range, "gripper
+    closed" above); None when the action has no ``gripper`` dimension. ``direction``: mean
+    cosine between the greedy and the data's (x, y) command over the steps where the data's is
+    at least ``MOVE_SHARE`` of the largest x or y command (a greedy zero counts as cosine 0)."""
+    names = tokenizer.names
+    if "gripper" not in names:
+        return None
+    g = names.index("gripper")
+    grip = tokenizer.bin_values(g)[steps["bins"][:, g]]
+    middle = (tokenizer.low[g] + tokenizer.high[g]) / 2
+    planar = [names.index(n) for n in ("x", "y") if n in names]
+    largest = max((max(abs(tokenizer.low[i]), abs(tokenizer.high[i])) for i in planar), default=0)
+    out = {}
+    for phase, in_phase in (("gripper open", grip < middle), ("gripper closed", grip >= middle)):
+        m = reference & in_phase
+        agree = steps["greedy"][m] == steps["bins"][m]
+        row = {"steps": int(m.sum()),
+               "agreement": {name: (float(agree[:, i].mean()) if m.any() else None)
+                             for i, name in enumerate(names)}}
+        if planar:
+            data, chosen = (np.stack([tokenizer.bin_values(i)[b[m, i]] for i in planar], axis=1)
+                            for b in (steps["bins"], steps["greedy"]))
+            size = np.linalg.norm(data, axis=1)
+            moving = size >= MOVE_SHARE * largest
+            cosine = (data * chosen).sum(1) / np.maximum(size * np.linalg.norm(chosen, axis=1),
+                                                         1e-12)
+            row["direction"] = {"steps": int(moving.sum()),
+                                "cosine": float(cosine[moving].mean()) if moving.any() else None}
+        out[phase] = row
+    return out
 
 
 def _q_vs_return(q: np.ndarray, returns: np.ndarray) -> dict:
