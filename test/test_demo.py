@@ -16,7 +16,13 @@ from qt_ros.data.dataset_reader import DatasetStore
 from qt_ros.demo.__main__ import check_recipe
 from qt_ros.demo.child_processes import DemoError
 from qt_ros.demo.closed_loop import Demo
-from qt_ros.demo.demo_summary import plot_summary, rate_text, success, summary_markdown
+from qt_ros.demo.demo_summary import (
+    plot_summary,
+    rate_text,
+    success,
+    summary_markdown,
+    summary_text,
+)
 from qt_ros.demo.recipe import DEFAULT, Recipe
 
 from conftest import REPO
@@ -126,6 +132,20 @@ def test_summary_markdown_reports_ros_and_both_rounds_with_intervals():
     assert "Second round: +7 points on the same seeds." in text
     assert "| train | 720 |" in text  # phase times
     assert "`--alpha 1.0`" in text  # the recipe's extra training options
+
+
+def test_summary_says_how_ros_episodes_failed_and_names_the_collapse():
+    s = _synthetic_summary()  # 8 failures of 30, each ended by the policy's terminate
+    text = summary_markdown(s)
+    assert "8 of 30 episodes through ROS failed: 8 ended by the policy's terminate" in text
+    assert "collapsed" not in text
+    rows = [{**r, "outcome": "failure"} for r in s["ros"]["rows"]]
+    rows[0]["ended_by"] = "step limit"
+    s["ros"] = {**success(rows), "rows": rows}
+    for text in (summary_markdown(s), " ".join(summary_text(s).split())):
+        assert "30 of 30 episodes through ROS failed: 29 ended by the policy's terminate, 1 by" \
+            in text
+        assert "collapsed onto terminating" in text and "--seed 1" in text
 
 
 def test_summary_png_has_rates_curves_and_frame_strips(tmp_path):

@@ -7,6 +7,7 @@ curves from ``metrics.jsonl``, frame strips of a success and a failure) and ``po
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -91,6 +92,25 @@ def build_summary(demo) -> dict:
     }
 
 
+def failure_note(s: dict) -> str:
+    """How the episodes through ROS failed, and the hint for the known collapse: when most
+    episodes end by the policy's own terminate without success, the first round collapsed
+    onto terminating early (one training run in seven of the recipe; docs/design.md 7.1)."""
+    rows = s["ros"].get("rows", [])
+    failed = [r for r in rows if r["outcome"] != "success"]
+    if not failed:
+        return ""
+    early = sum(r["ended_by"] == "terminate" for r in failed)
+    note = (f"{len(failed)} of {len(rows)} episodes through ROS failed: {early} ended by the "
+            f"policy's terminate, {len(failed) - early} by the step limit or an abort.")
+    if early * 2 > len(rows):
+        note += (" Most episodes terminate early: the first training round collapsed onto "
+                 "terminating, which one training run in seven of the recipe does "
+                 "(docs/design.md 7.1, session 11); another run (e.g. --seed 1) trains "
+                 "another draw.")
+    return note
+
+
 def summary_markdown(s: dict) -> str:
     """``summary.md``: the result first, then the data, training, the loop and the times."""
     r, ev = s["recipe"], s["eval"]
@@ -108,6 +128,8 @@ def summary_markdown(s: dict) -> str:
     if "round1" in ev and "round2" in ev:
         diff = ev["round2"]["success_rate"] - ev["round1"]["success_rate"]
         lines += ["", f"Second round: {100 * diff:+.0f} points on the same seeds."]
+    if failure_note(s):
+        lines += ["", failure_note(s)]
     collected = ", ".join(f"{c['episodes']} {kind} ({c['successes']} successful)"
                           for kind, c in s["collected"].items() if c.get("episodes"))
     d = s["dataset"]
@@ -145,6 +167,9 @@ def summary_text(s: dict) -> str:
                         ("round2", "in-process eval, round 2:")):
         if name in s["eval"]:
             lines.append(f"  {title:28s} {rate_text(s['eval'][name])}")
+    if failure_note(s):
+        lines += textwrap.wrap(failure_note(s), 96, initial_indent="  ",
+                               subsequent_indent="  ")
     lines.append("  phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items()
                                            if k != "total"))
     lines.append(f"  summary: {Path(s['paths']['out']) / 'summary.md'} (and .png)")
