@@ -95,7 +95,7 @@ def build_summary(demo) -> dict:
 def failure_note(s: dict) -> str:
     """How the episodes through ROS failed, and the hint for the known collapse: when most
     episodes end by the policy's own terminate without success, the first round collapsed
-    onto terminating early (one training run in seven of the recipe; docs/design.md 7.1)."""
+    onto terminating early (one first round in eight so far; docs/design.md 7.1)."""
     rows = s["ros"].get("rows", [])
     failed = [r for r in rows if r["outcome"] != "success"]
     if not failed:
@@ -105,7 +105,7 @@ def failure_note(s: dict) -> str:
             f"policy's terminate, {len(failed) - early} by the step limit or an abort.")
     if early * 2 > len(rows):
         note += (" Most episodes terminate early: the first training round collapsed onto "
-                 "terminating, which one training run in seven of the recipe does "
+                 "terminating, which one first round in eight of the recipe has done so far "
                  "(docs/design.md 7.1, session 11); another run (e.g. --seed 1) trains "
                  "another draw.")
     return note
