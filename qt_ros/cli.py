@@ -30,6 +30,8 @@ VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
                 "train Q-T, BC and ablations on one dataset, evaluate each (Markdown table)"),
     "eval": ("qt_ros.commands.eval", "closed-loop success of a checkpoint on the simulated robot "
                                      "(--offline: Q and TD error on a dataset)"),
+    "select": ("qt_ros.commands.select",
+               "choose the checkpoint to deploy by closed-loop success on held-out scenes"),
     "export": ("qt_ros.commands.export",
                "export a checkpoint's acting path to ONNX or TorchScript, checked against it"),
     "sim": {

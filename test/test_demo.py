@@ -148,6 +148,20 @@ def test_summary_says_how_ros_episodes_failed_and_names_the_collapse():
         assert "collapsed onto terminating" in text and "--seed 1" in text
 
 
+def test_summary_names_the_deployed_kept_copy_and_the_scores_that_chose_it():
+    s = _synthetic_summary()
+    assert "Deployed" not in summary_markdown(s)  # no selection: the last weights ran
+    s["selection"] = {"seeds": [50000, 50029], "chosen_step": 14000, "rows": [
+        {"step": step, "successes": wins, "episodes": 30, "wilson_95": [0.0, 1.0]}
+        for step, wins in ((12000, 21), (14000, 29), (16000, 25), (17737, 29))]}
+    s["paths"]["policy"] = "/runs/x/policy"
+    for text in (summary_markdown(s), " ".join(summary_text(s).split())):
+        assert "at step 14000, chosen among its last 4 kept copies" in text
+        assert "validation scenes 50000..50029" in text
+        assert "12000: 21/30, 14000: 29/30, 16000: 25/30, 17737: 29/30" in text
+    assert "deployed after the first round: `/runs/x/policy`" in summary_markdown(s)
+
+
 def test_summary_png_has_rates_curves_and_frame_strips(tmp_path):
     s = _synthetic_summary()
     frames = [np.full((64, 64, 3), 10 * k, dtype=np.uint8) for k in range(20)]
@@ -167,13 +181,14 @@ def test_demo_runs_the_whole_loop_with_tiny_counts(ros_env, tmp_path):
     result = run_demo(ros_env, "--demos", "3", "--ros-episodes", "2", "--eval-episodes", "2",
                       "--train-steps", "10", "--improve-steps", "5", "--improve-episodes", "2",
                       "--improve-warmup-steps", "3", "--encoder", "hash",
-                      "--max-steps", "8", "--out", str(out),
+                      "--max-steps", "8", "--keep-every", "4", "--select-last", "2",
+                      "--select-episodes", "2", "--out", str(out),
                       "--domain-id", ros_env["ROS_DOMAIN_ID"])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    for phase in ("collect", "convert", "train", "policy through ROS", "append policy "
-                  "episodes", "evaluate", "record policy episodes", "train round 2",
-                  "evaluate round 2", "summary"):
-        assert f"/10 {phase}\n" in result.stdout
+    for phase in ("collect", "convert", "train", "choose checkpoint", "policy through ROS",
+                  "append policy episodes", "evaluate", "record policy episodes",
+                  "train round 2", "evaluate round 2", "summary"):
+        assert f"/11 {phase}\n" in result.stdout
     assert "Q-T success through ROS:" in result.stdout and "95 % interval" in result.stdout
     s = json.loads((out / "summary.json").read_text())
     # the policy through ROS: two episodes, each a bag labelled by the simulator
@@ -192,10 +207,18 @@ def test_demo_runs_the_whole_loop_with_tiny_counts(ros_env, tmp_path):
     assert sorted(e["source"] for e in store.episodes) == ["autonomous"] * 4 + [
         "demonstration"] * 3
     assert store.image_size == (64, 64)
-    # the second round started from the first checkpoint; both measured on the same seeds
+    # the deployed checkpoint: the better of the first round's last two kept copies (steps 8
+    # and 10) on validation scenes of their own; it ran through ROS and started round 2
+    chosen = s["selection"]
+    assert [r["step"] for r in chosen["rows"]] == [8, 10] and chosen["seeds"] == [50000, 50001]
+    kept = out / "checkpoint" / "steps" / f"{chosen['chosen_step']:07d}"
+    assert (out / "policy" / "model.safetensors").read_bytes() == \
+        (kept / "model.safetensors").read_bytes()
+    assert f"at step {chosen['chosen_step']}, chosen among" in (out / "summary.md").read_text()
+    # the second round started from the deployed checkpoint; both measured on the same seeds
     assert s["training"]["round1"]["steps"] == 10 and s["training"]["round2"]["steps"] == 5
     round2 = yaml.safe_load((out / "checkpoint_round2" / "train_config.yaml").read_text())
-    assert round2["init"] == str(out / "checkpoint") and round2["warmup_steps"] == 3
+    assert round2["init"] == str(out / "policy") and round2["warmup_steps"] == 3
     assert s["eval"]["round1"]["seeds"] == s["eval"]["round2"]["seeds"]
     assert min(s["eval"]["round1"]["seeds"]) >= 100_000  # not the data's scenes
     assert s["appended"] == 4 and s["recorded"]["episodes"] == 2

@@ -1,6 +1,7 @@
-"""The demo's phases, in order (see :mod:`qt_ros.demo`): collect, convert, train, the policy
-through ROS, append its episodes, the second round (evaluate, train on, evaluate), summary; with
-``--full`` the comparison table after them."""
+"""The demo's phases, in order (see :mod:`qt_ros.demo`): collect, convert, train, choose the
+checkpoint to deploy (closed loop on validation scenes), the policy through ROS, append its
+episodes, the second round (evaluate, train on, evaluate), summary; with ``--full`` the
+comparison table after them."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from qt_ros.demo.ros_episodes import RosPolicyEpisodes, node_environment, write_
 ROS_SEED = 10_000  # scene seeds of the policy episodes through ROS (data: seed 0..)
 RECORD_SEED = 20_000  # scene seeds of the policy episodes recorded in-process for round 2
 EVAL_SEED = 100_000  # scene seeds of the in-process evaluations, before and after
+VALIDATION_SEED = 50_000  # scene seeds that choose the deployed checkpoint among kept copies
 
 
 class Demo:
@@ -42,7 +44,7 @@ class Demo:
         self.procs = Processes(self.out / "logs", self.env)
         self.paths = {name: self.out / name for name in (
             "episodes", "dataset", "checkpoint", "policy_episodes", "policy_episodes_fast",
-            "checkpoint_round2",
+            "checkpoint_round2", "policy", "selection",
             "eval", "comparison")}
         self.timings: dict[str, float] = {}
         self.results: dict = {"ros": [], "eval": {}}
@@ -66,6 +68,8 @@ class Demo:
                  f"{self.out / 'logs'})")
         phases = [("collect", self.collect), ("convert", self.convert),
                   ("train", self.train)]
+        if r.select_episodes:
+            phases.append(("choose checkpoint", self.choose_checkpoint))
         if r.ros_episodes:
             phases += [("policy through ROS", self.run_policy_through_ros),
                        ("append policy episodes", self.append_policy_episodes)]
@@ -138,19 +142,42 @@ class Demo:
             raise DemoError(f"qt-ros train failed (status {status}); see above")
 
     def train(self) -> None:
-        self._train(self.paths["checkpoint"], self.recipe.train_steps,
-                    self.recipe.train_minutes)
+        r = self.recipe
+        keep = ("--keep-every", str(r.keep_every)) if r.select_episodes else ()
+        self._train(self.paths["checkpoint"], r.train_steps, r.train_minutes, *keep)
+
+    @property
+    def deployed(self) -> Path:
+        """The first round's checkpoint the robot runs: the one chosen in closed loop, or the
+        last weights when the recipe chooses none."""
+        return self.paths["policy"] if self.recipe.select_episodes else self.paths["checkpoint"]
+
+    def choose_checkpoint(self) -> None:
+        """``qt-ros select``: the first round's last kept copies on validation scenes; the one
+        with the most successes is copied to ``policy/``, which every later phase uses."""
+        r = self.recipe
+        status = self._cli("select", str(self.paths["checkpoint"]), "--last", str(r.select_last),
+                           "--episodes", str(r.select_episodes), "--task", r.task,
+                           "--seed-offset", str(self.seed + VALIDATION_SEED), "--max-steps",
+                           str(r.decisions), "--workers", str(self.workers), "--params",
+                           str(self.params), "--out", str(self.paths["selection"]),
+                           "--deploy", str(self.paths["policy"]))
+        chosen = self.paths["selection"] / "selection.json"
+        if status != 0 or not chosen.exists() or not (self.paths["policy"] / "config.json"
+                                                      ).exists():
+            raise DemoError(f"qt-ros select failed (status {status}); see above")
+        self.results["selection"] = json.loads(chosen.read_text())
 
     def train_round2(self) -> None:
         r = self.recipe
         self._train(self.paths["checkpoint_round2"], r.improve_steps, r.improve_minutes,
-                    "--init", str(self.paths["checkpoint"]),
+                    "--init", str(self.deployed),
                     "--warmup-steps", str(r.improve_warmup_steps))
 
     def run_policy_through_ros(self) -> None:
         r = self.recipe
         ros = RosPolicyEpisodes(self.procs, self.domain_id, self.params, self.say)
-        self.results["ros"] = ros.run(self.paths["checkpoint"], self.paths["policy_episodes"],
+        self.results["ros"] = ros.run(self.deployed, self.paths["policy_episodes"],
                                       self.seed + ROS_SEED, r.ros_episodes, r.decisions)
 
     def append_policy_episodes(self) -> None:
@@ -179,7 +206,7 @@ class Demo:
             name = f"policy_recording_{w}"
             self.procs.start(name, [
                 sys.executable, "-m", "qt_ros.demo.policy_recording",
-                str(self.paths["checkpoint"]), str(record_dir), "--seeds", *seeds[w::self.workers],
+                str(self.deployed), str(record_dir), "--seeds", *seeds[w::self.workers],
                 "--task", r.task, "--image-size", str(r.image_size), "--params",
                 str(self.params), "--max-steps", str(r.decisions)])
             procs.append(name)
@@ -233,7 +260,7 @@ class Demo:
         self.results["eval"][name] = json.loads((out / "eval.json").read_text())
 
     def evaluate_first(self) -> None:
-        self._evaluate(self.paths["checkpoint"], "round1")
+        self._evaluate(self.deployed, "round1")
 
     def evaluate_second(self) -> None:
         self._evaluate(self.paths["checkpoint_round2"], "round2")

@@ -83,6 +83,7 @@ def build_summary(demo) -> dict:
                 "rows": results["ros"]},
         "appended": results.get("appended", 0),
         "recorded": results.get("recorded"),
+        "selection": _selection(results.get("selection")),
         "eval": evals,
         "training": training,
         "comparison": results.get("comparison"),
@@ -90,6 +91,27 @@ def build_summary(demo) -> dict:
         "paths": {"out": str(demo.out), **{k: str(v) for k, v in paths.items()}},
         "domain_id": demo.domain_id,
     }
+
+
+def _selection(selection: dict | None) -> dict | None:
+    """The candidates' steps and successes, and the chosen step (from selection.json)."""
+    if not selection:
+        return None
+    return {"seeds": selection["seeds"], "chosen_step": selection["chosen"]["step"],
+            "rows": [{k: row[k] for k in ("step", "successes", "episodes", "wilson_95")}
+                     for row in selection["rows"]]}
+
+
+def selection_note(s: dict) -> str:
+    """Which kept copy of the first round was deployed, and how the candidates scored."""
+    chosen = s.get("selection")
+    if not chosen:
+        return ""
+    seeds, rows = chosen["seeds"], chosen["rows"]
+    scores = ", ".join(f"{row['step']}: {row['successes']}/{row['episodes']}" for row in rows)
+    return (f"Deployed: the first round's weights at step {chosen['chosen_step']}, chosen among "
+            f"its last {len(rows)} kept copies by closed-loop success on validation scenes "
+            f"{seeds[0]}..{seeds[1]} (step: successes; {scores}).")
 
 
 def failure_note(s: dict) -> str:
@@ -106,8 +128,9 @@ def failure_note(s: dict) -> str:
     if early * 2 > len(rows):
         note += (" Most episodes terminate early: the first training round collapsed onto "
                  "terminating, which one first round in eight of the recipe has done so far "
-                 "(docs/design.md 7.1, session 11); another run (e.g. --seed 1) trains "
-                 "another draw.")
+                 "(docs/design.md 7.1, session 11)"
+                 + (", and no kept copy chosen from escaped it" if s.get("selection") else "")
+                 + "; another run (e.g. --seed 1) trains another draw.")
     return note
 
 
@@ -128,6 +151,8 @@ def summary_markdown(s: dict) -> str:
     if "round1" in ev and "round2" in ev:
         diff = ev["round2"]["success_rate"] - ev["round1"]["success_rate"]
         lines += ["", f"Second round: {100 * diff:+.0f} points on the same seeds."]
+    if selection_note(s):
+        lines += ["", selection_note(s)]
     if failure_note(s):
         lines += ["", failure_note(s)]
     collected = ", ".join(f"{c['episodes']} {kind} ({c['successes']} successful)"
@@ -154,7 +179,9 @@ def summary_markdown(s: dict) -> str:
     lines += ["", "## Files", "",
               f"- policy episodes (bags, labelled): `{p['policy_episodes']}`",
               f"- dataset: `{p['dataset']}`; checkpoints: `{p['checkpoint']}`, "
-              f"`{p['checkpoint_round2']}`",
+              f"`{p['checkpoint_round2']}`"
+              + (f"; deployed after the first round: `{p['policy']}`" if s.get("selection")
+                 else ""),
               "- `summary.png`, `policy_episode.gif`; evaluation GIFs under `eval/`", ""]
     return "\n".join(lines)
 
@@ -167,9 +194,9 @@ def summary_text(s: dict) -> str:
                         ("round2", "in-process eval, round 2:")):
         if name in s["eval"]:
             lines.append(f"  {title:28s} {rate_text(s['eval'][name])}")
-    if failure_note(s):
-        lines += textwrap.wrap(failure_note(s), 96, initial_indent="  ",
-                               subsequent_indent="  ")
+    for note in (selection_note(s), failure_note(s)):
+        if note:
+            lines += textwrap.wrap(note, 96, initial_indent="  ", subsequent_indent="  ")
     lines.append("  phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items()
                                            if k != "total"))
     lines.append(f"  summary: {Path(s['paths']['out']) / 'summary.md'} (and .png)")

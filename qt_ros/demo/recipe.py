@@ -69,6 +69,19 @@ class Recipe:
     mix over three training seeds, against 2 with the paper's rule; docs/design.md 7.1); BC
     does not read the radius."""
 
+    # ---- choosing the deployed checkpoint (``qt-ros select``)
+    select_episodes: int = 30
+    """Closed-loop episodes per candidate checkpoint, on validation scenes apart from every
+    other seed of the demo (0: deploy the first round's last weights). The last weights are a
+    draw: one first round in eight of this recipe collapsed (1/100, every episode terminating
+    early) where the others scored 72-95/100, and successive checkpoints of one run differ by
+    tens of points (docs/design.md 7.1, sessions 11 and 12)."""
+    select_last: int = 4
+    """Candidates: the first round's last ``select_last`` kept copies (the final weights one of
+    them)."""
+    keep_every: int = 2000
+    """Steps between the kept copies of the first round (``qt-ros train --keep-every``)."""
+
     # ---- evaluation
     ros_episodes: int = 30
     """Policy episodes through the ROS nodes (sim_robot, policy, recorder) on unseen scenes."""

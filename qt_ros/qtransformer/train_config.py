@@ -90,6 +90,9 @@ class TrainConfig:
                                    "2-core CPU; try it on a GPU)")
     workers: int = setting(2, "DataLoader worker processes")
     save_every: int = setting(1000, "steps between checkpoints (last/ and the run directory)")
+    keep_every: int = setting(0, "steps between kept copies of the weights, in "
+                                 "steps/<step>/ of the run directory, and one at the end, to "
+                                 "choose among afterwards (qt-ros select; 0: none)")
     log_every: int = setting(50, "steps between metric lines and TensorBoard scalars")
     eval_every: int = setting(0, "steps between offline evaluations, which keep best/ (0: none)")
     eval_dataset: str | None = setting(None, "dataset of the offline evaluation (default: the "
@@ -131,6 +134,8 @@ class TrainConfig:
                              f"give one weight per dataset")
         if min(self.steps, self.batch_size, self.save_every, self.log_every) < 1:
             raise ValueError("steps, batch_size, save_every and log_every must be >= 1")
+        if self.keep_every < 0:
+            raise ValueError("keep_every must be >= 0 (0: keep no copies)")
 
     def to_dict(self) -> dict:
         """Plain YAML/JSON-ready values (the resolved configuration file's content)."""

@@ -11,7 +11,9 @@ batch N x B. On a GPU the update runs under bf16 autocast where supported (never
 Rank 0 writes into ``cfg.out``: the checkpoint (``model.safetensors`` + ``config.json``,
 loadable by the policy node and ``qt-ros eval``), ``last/`` (the same checkpoint plus the whole
 training state, :mod:`qt_ros.qtransformer.training_state`) every ``save_every`` steps and at
-the end, ``best/`` by an offline metric every ``eval_every`` steps when asked,
+the end, ``best/`` by an offline metric every ``eval_every`` steps when asked, a copy of the
+weights in ``steps/<step>/`` every ``keep_every`` steps when asked (to choose among in closed
+loop afterwards: :mod:`qt_ros.evaluation.checkpoint_selection`),
 ``train_config.yaml`` (the resolved options), ``metrics.jsonl``, TensorBoard scalars and
 ``training.png`` (:mod:`qt_ros.qtransformer.train_monitor`). ``train(cfg, resume=True)``
 continues from ``cfg.out/last`` exactly: same weights and metrics as a run never interrupted.
@@ -47,7 +49,7 @@ from qt_ros.qtransformer.train_monitor import METRICS, plot_metrics  # noqa: F40
 
 # Embedding size of a newly trained model's hash encoder (minilm's is fixed by the model).
 HASH_ENCODER_DIM = 64
-LAST, BEST = "last", "best"
+LAST, BEST, KEPT = "last", "best", "steps"
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
@@ -246,6 +248,8 @@ def _loop(cfg: TrainConfig, learner, loader, saver, monitor, start: int, world: 
                 saver.evaluate(step)
             if step % cfg.save_every == 0 or last:
                 saver.save(step)
+            if cfg.keep_every and (step % cfg.keep_every == 0 or last):
+                saver.keep(step)
             if halt:
                 break
     return step
@@ -274,6 +278,15 @@ class _Saver:
         save_checkpoint(out, self.learner.model, self.data.tokenizer, self.encoder_config, step,
                         self.extra)
         self._state(out / LAST, step, rng)
+
+    def keep(self, step: int) -> None:
+        """A copy of the weights in ``steps/<step>/`` (rank 0), a checkpoint of its own."""
+        if self.rank != 0:
+            return
+        from qt_ros.qtransformer.checkpoint import save_checkpoint
+
+        save_checkpoint(Path(self.cfg.out) / KEPT / f"{step:07d}", self.learner.model,
+                        self.data.tokenizer, self.encoder_config, step, self.extra)
 
     def evaluate(self, step: int) -> None:
         """Offline evaluation (rank 0); keeps ``best/`` when the chosen metric improves."""

@@ -121,6 +121,22 @@ def test_train_writes_a_checkpoint_the_policy_loads(dataset, tmp_path):
     assert policy.model_id.endswith(config["model_id"].split("@")[1])
 
 
+def test_keep_every_leaves_loadable_copies_of_the_weights_to_choose_from(dataset, tmp_path):
+    out = tmp_path / "run"
+    result = _train(str(dataset), "--out", str(out), "--steps", "20", "--keep-every", "8",
+                    *COMMON)
+    assert result.returncode == 0, result.stderr
+    kept = sorted((out / "steps").iterdir())
+    assert [p.name for p in kept] == ["0000008", "0000016", "0000020"]  # and the last step
+    assert [read_config(p)["step"] for p in kept] == [8, 16, 20]
+    final = load_file(out / "model.safetensors")
+    assert all(np.array_equal(final[k], v)
+               for k, v in load_file(kept[-1] / "model.safetensors").items())
+    first = load_file(kept[0] / "model.safetensors")
+    assert any(not np.array_equal(final[k], first[k]) for k in final)
+    assert load_policy(kept[0]).model_id.startswith("0000008@8#")
+
+
 def test_training_changes_the_weights_and_init_continues(dataset, tmp_path):
     init = make_random_checkpoint(tmp_path / "init", preset="tiny", image_size=(32, 32))
     out = tmp_path / "ckpt"
