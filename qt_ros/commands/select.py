@@ -6,7 +6,8 @@ the most successes (a tie: the later one) is chosen, ``selection.json`` lists th
 ``--deploy DIR`` copies the chosen weights and config there (what the policy node loads). A run
 directory trained with ``--keep-every`` stands for its kept copies (``steps/<step>/``; the last
 ``--last K`` of them). Take validation seeds apart from the ones results are reported on
-(``--seed-offset``): the best of several noisy scores is biased upwards. The work is
+(``--seed-offset``, default 50000; ``qt-ros eval`` reports on 100000..): the best of several
+noisy scores is biased upwards. The work is
 :mod:`qt_ros.evaluation.checkpoint_selection`.
 
     qt-ros train data/ --out run/ --keep-every 2000
@@ -17,11 +18,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from qt_ros.common.settings import add_arguments as add_config_arguments
 from qt_ros.common.settings import from_namespace
 from qt_ros.evaluation.eval_config import EvalConfig, EvalError
+
+VALIDATION_SEED_OFFSET = 50_000  # apart from qt-ros eval's 100000.. and sim collect's 0..
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deploy", type=Path,
                         help="copy the chosen checkpoint here (a new directory or a checkpoint "
                              "to replace)")
-    add_config_arguments(parser, EvalConfig, skip=("checkpoint", "video", "policy"))
+    parser.add_argument("--seed-offset", type=int, default=VALIDATION_SEED_OFFSET,
+                        help="scene seed of the first episode (episode k: seed_offset + k); "
+                             "the default keeps the validation scenes apart from qt-ros eval's "
+                             f"({EvalConfig.seed_offset}..) and from data collection's "
+                             f"(default: {VALIDATION_SEED_OFFSET})")
+    add_config_arguments(parser, EvalConfig, skip=("checkpoint", "video", "policy",
+                                                   "seed_offset"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         select,
         selection_text,
     )
+    from qt_ros.sim.simulator import SimRenderError
 
     try:
         if args.last < 0:
@@ -73,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         except (EvalError, ConfigError, SelectionError) as e:
             print(f"qt-ros select: {e}", file=sys.stderr)
             return 2
+        except (SimRenderError, BrokenProcessPool) as e:
+            print(f"qt-ros select: the simulator or a worker failed: {type(e).__name__}: {e}; "
+                  f"nothing deployed", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             print("qt-ros select: interrupted; nothing deployed", file=sys.stderr)
             return 130

@@ -35,13 +35,12 @@ def test_kept_copies_act_on_the_same_seeds_and_the_chosen_one_is_deployed(tmp_pa
     (run / "steps" / "0008000").mkdir()  # an unfinished copy (no config.json) is no candidate
     policy = tmp_path / "policy"
     result = _select(str(run), "--last", "2", "--episodes", "3", "--max-steps", "6",
-                     "--seed-offset", "50000", "--workers", "2", "--out", str(tmp_path / "sel"),
-                     "--deploy", str(policy))
+                     "--workers", "2", "--out", str(tmp_path / "sel"), "--deploy", str(policy))
     assert result.returncode == 0, result.stderr[-3000:]
     selection = json.loads((tmp_path / "sel" / "selection.json").read_text())
     rows = selection["rows"]
     assert [Path(r["checkpoint"]).name for r in rows] == ["0004000", "0006000"]
-    assert selection["seeds"] == [50000, 50002]
+    assert selection["seeds"] == [50000, 50002]  # validation scenes apart from eval's 100000..
     for k, row in enumerate(rows):
         evaluated = json.loads((tmp_path / "sel" / f"{k:02d}-{Path(row['checkpoint']).name}"
                                 / "eval.json").read_text())
