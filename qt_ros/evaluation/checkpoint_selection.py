@@ -15,13 +15,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from qt_ros.common.files import atomic_write_text
+from qt_ros.qtransformer.checkpoint import CONFIG, WEIGHTS, read_config
 
-CHECKPOINT_FILES = ("model.safetensors", "config.json")
+CHECKPOINT_FILES = (WEIGHTS, CONFIG)
 
 
 class SelectionError(ValueError):
@@ -66,24 +66,15 @@ def select(candidates: list[Path], config, out: Path,
     the same seeds; writes ``out/<k>-<name>/eval.json`` per candidate and
     ``out/selection.json``; returns the selection (``rows``, ``chosen``, ``chosen_index``)."""
     from qt_ros.evaluation import eval_report
-    from qt_ros.evaluation.closed_loop_eval import check_actor, run_episodes
-    from qt_ros.evaluation.eval_config import resolve_setup
 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for k, candidate in enumerate(candidates):
         where = out / f"{k:02d}-{candidate.name}"
         cfg = dataclasses.replace(config, checkpoint=str(candidate), out=str(where), video=0)
-        setup = resolve_setup(cfg)
-        model_id = check_actor(cfg, setup)
-        start = time.monotonic()
-        outcomes = run_episodes(cfg, setup, on_episode)
-        summary = eval_report.summarize(outcomes, cfg, setup, model_id,
-                                        time.monotonic() - start)
-        where.mkdir(parents=True, exist_ok=True)
-        eval_report.write_json(summary, where)
-        step = json.loads((candidate / "config.json").read_text()).get("step")
-        row = {"checkpoint": str(candidate), "step": step, "model_id": model_id,
+        summary = eval_report.evaluate(cfg, on_episode)
+        row = {"checkpoint": str(candidate), "step": read_config(candidate)["step"],
+               "model_id": summary["model_id"],
                **{key: summary[key] for key in ("successes", "episodes", "success_rate",
                                                 "wilson_95", "termination", "wall_s")}}
         rows.append(row)

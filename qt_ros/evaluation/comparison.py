@@ -54,8 +54,6 @@ def compare(base_train, base_eval, variants: Sequence[str], out: Path,
             progress: Callable[[str], None] = print) -> list[dict]:
     """Train and evaluate every variant; returns one row per variant (also in the files)."""
     from qt_ros.evaluation import eval_report
-    from qt_ros.evaluation.closed_loop_eval import check_actor, run_episodes
-    from qt_ros.evaluation.eval_config import resolve_setup
     from qt_ros.qtransformer.trainer import algorithm_summary, train
 
     out.mkdir(parents=True, exist_ok=True)
@@ -68,15 +66,8 @@ def compare(base_train, base_eval, variants: Sequence[str], out: Path,
         train_s = time.monotonic() - start
         eval_cfg = dataclasses.replace(base_eval, checkpoint=str(checkpoint),
                                        out=str(out / name / "eval"))
-        setup = resolve_setup(eval_cfg)
-        model_id = check_actor(eval_cfg, setup)
         progress(f"[{name}] evaluating on {eval_cfg.episodes} unseen seeds")
-        start = time.monotonic()
-        outcomes = run_episodes(eval_cfg, setup)
-        summary = eval_report.summarize(outcomes, eval_cfg, setup, model_id,
-                                        time.monotonic() - start)
-        eval_cfg.out_dir().mkdir(parents=True, exist_ok=True)
-        eval_report.write_json(summary, eval_cfg.out_dir())
+        summary = eval_report.evaluate(eval_cfg)
         rows.append(_row(name, algorithm_summary(cfg)["label"], cfg, summary, train_s))
         progress(f"[{name}] {rows[-1]['successes']}/{rows[-1]['episodes']} successes")
         write_table(rows, out)  # after each variant: a long run shows its progress on disk

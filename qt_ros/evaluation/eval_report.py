@@ -1,17 +1,20 @@
 """What ``qt-ros eval`` reports: ``eval.json`` (rate, interval, steps, how episodes ended, every
-seed's outcome, the settings), a summary for the terminal and ``eval.png``."""
+seed's outcome, the settings), a summary for the terminal and ``eval.png``; :func:`evaluate`
+runs a configuration's episodes and writes its ``eval.json``."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import statistics
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from qt_ros.common.files import atomic_write_text
-from qt_ros.evaluation.closed_loop_eval import EpisodeOutcome
-from qt_ros.evaluation.eval_config import EvalConfig, EvalSetup
+from qt_ros.evaluation.closed_loop_eval import EpisodeOutcome, check_actor, run_episodes
+from qt_ros.evaluation.eval_config import EvalConfig, EvalSetup, resolve_setup
 from qt_ros.evaluation.intervals import wilson_interval
 
 
@@ -49,6 +52,22 @@ def summarize(outcomes: list[EpisodeOutcome], config: EvalConfig, setup: EvalSet
                      "params_files": list(setup.params_files)},
         "per_seed": [o.row() for o in outcomes],
     }
+
+
+def evaluate(config: EvalConfig,
+             on_episode: Callable[[EpisodeOutcome], None] | None = None) -> dict:
+    """Run ``config``'s episodes and write ``eval.json`` to its output directory; returns the
+    summary (the JSON's content). A checkpoint that does not fit the set-up raises as
+    ``resolve_setup`` and ``check_actor`` do. (``qt-ros compare`` and ``qt-ros select``; the
+    ``qt-ros eval`` command adds its progress bar, plot and videos.)"""
+    setup = resolve_setup(config)
+    model_id = check_actor(config, setup)
+    start = time.monotonic()
+    outcomes = run_episodes(config, setup, on_episode)
+    result = summarize(outcomes, config, setup, model_id, time.monotonic() - start)
+    config.out_dir().mkdir(parents=True, exist_ok=True)
+    write_json(result, config.out_dir())
+    return result
 
 
 def summary_text(summary: dict) -> str:
