@@ -162,6 +162,28 @@ def test_summary_names_the_deployed_kept_copy_and_the_scores_that_chose_it():
     assert "deployed after the first round: `/runs/x/policy`" in summary_markdown(s)
 
 
+def test_summary_says_what_the_loop_deploys_after_the_second_round():
+    s = _synthetic_summary()
+    assert "after the second round:" not in summary_markdown(s)
+    rows = [{"step": step, "successes": wins, "episodes": 30, "wilson_95": [0.0, 1.0],
+             "incumbent": first} for step, wins, first in (
+                 (16000, 28, True), (2000, 22, False), (3667, 25, False))]
+    s["selection_round2"] = {"seeds": [60000, 60029], "chosen_step": 16000,
+                             "chosen_incumbent": True, "rows": rows}
+    s["eval"]["deployed"] = s["eval"]["round1"]
+    s["paths"]["policy_round2"] = "/runs/x/policy_round2"
+    for text in (summary_markdown(s), " ".join(summary_text(s).split())):
+        assert ("Deployed after the second round: the first round's policy, kept, chosen on "
+                "validation scenes 60000..60029 between the first round's policy (28/30) and "
+                "the second round's last 2 kept copies (step: successes; 2000: 22/30, "
+                "3667: 25/30)") in text
+    assert "| deployed after the second round (chosen: see below) | 81/100" in \
+        summary_markdown(s)
+    assert "after the second round: `/runs/x/policy_round2`" in summary_markdown(s)
+    s["selection_round2"]["chosen_step"], s["selection_round2"]["chosen_incumbent"] = 3667, False
+    assert "the second round's weights at step 3667, chosen" in summary_markdown(s)
+
+
 def test_summary_png_has_rates_curves_and_frame_strips(tmp_path):
     s = _synthetic_summary()
     frames = [np.full((64, 64, 3), 10 * k, dtype=np.uint8) for k in range(20)]
@@ -182,13 +204,13 @@ def test_demo_runs_the_whole_loop_with_tiny_counts(ros_env, tmp_path):
                       "--train-steps", "10", "--improve-steps", "5", "--improve-episodes", "2",
                       "--improve-warmup-steps", "3", "--encoder", "hash",
                       "--max-steps", "8", "--keep-every", "4", "--select-last", "2",
-                      "--select-episodes", "2", "--out", str(out),
+                      "--select-episodes", "2", "--improve-keep-every", "2", "--out", str(out),
                       "--domain-id", ros_env["ROS_DOMAIN_ID"])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     for phase in ("collect", "convert", "train", "choose checkpoint", "policy through ROS",
                   "append policy episodes", "evaluate", "record policy episodes",
-                  "train round 2", "evaluate round 2", "summary"):
-        assert f"/11 {phase}\n" in result.stdout
+                  "train round 2", "choose after round 2", "evaluate round 2", "summary"):
+        assert f"/12 {phase}\n" in result.stdout
     assert "Q-T success through ROS:" in result.stdout and "95 % interval" in result.stdout
     s = json.loads((out / "summary.json").read_text())
     # the policy through ROS: two episodes, each a bag labelled by the simulator
@@ -221,6 +243,19 @@ def test_demo_runs_the_whole_loop_with_tiny_counts(ros_env, tmp_path):
     assert round2["init"] == str(out / "policy") and round2["warmup_steps"] == 3
     assert s["eval"]["round1"]["seeds"] == s["eval"]["round2"]["seeds"]
     assert min(s["eval"]["round1"]["seeds"]) >= 100_000  # not the data's scenes
+    # after round 2 the choice runs again on scenes of its own: the first round's policy
+    # against round 2's last two kept copies (steps 4 and 5); the winner is policy_round2/,
+    # and the evaluation reports it beside round 2's last weights
+    again = s["selection_round2"]
+    assert [(r["step"], r["incumbent"]) for r in again["rows"]] == [
+        (chosen["chosen_step"], True), (4, False), (5, False)]
+    assert again["seeds"] == [60000, 60001]
+    winner = (out / "policy" if again["chosen_incumbent"] else
+              out / "checkpoint_round2" / "steps" / f"{again['chosen_step']:07d}")
+    assert (out / "policy_round2" / "model.safetensors").read_bytes() == \
+        (winner / "model.safetensors").read_bytes()
+    assert s["eval"]["deployed"]["seeds"] == s["eval"]["round1"]["seeds"]
+    assert "Deployed after the second round: " in (out / "summary.md").read_text()
     assert s["appended"] == 4 and s["recorded"]["episodes"] == 2
     assert "95 % interval" in (out / "summary.md").read_text()
     assert (out / "summary.png").stat().st_size > 20_000

@@ -39,8 +39,10 @@ RECIPE_OPTIONS = {
     "--select-episodes": ("select_episodes", int, "closed-loop validation episodes per "
                                                   "candidate checkpoint (0: deploy the last "
                                                   "weights)"),
-    "--select-last": ("select_last", int, "candidates: the first round's last K kept copies"),
+    "--select-last": ("select_last", int, "candidates: each round's last K kept copies"),
     "--keep-every": ("keep_every", int, "steps between the first round's kept copies"),
+    "--improve-keep-every": ("improve_keep_every", int, "steps between the second round's kept "
+                                                        "copies"),
     "--ros-episodes": ("ros_episodes", int, "policy episodes through the ROS nodes"),
     "--eval-episodes": ("eval_episodes", int, "in-process qt-ros eval episodes, before and "
                                               "after the second round (0: none)"),
@@ -151,8 +153,10 @@ def check_recipe(r: Recipe) -> str:
         return ("--improve needs policy episodes to learn from (--ros-episodes or "
                 "--improve-episodes >= 1) and --improve-steps, --improve-minutes > 0; or "
                 "--no-improve")
-    if r.select_episodes < 0 or r.select_last < 1 or r.keep_every < 1:
-        return "--select-episodes must be >= 0, --select-last and --keep-every >= 1"
+    if r.select_episodes < 0 or r.select_last < 1 or r.keep_every < 1 \
+            or r.improve_keep_every < 1:
+        return ("--select-episodes must be >= 0, --select-last, --keep-every and "
+                "--improve-keep-every >= 1")
     if r.image_size < 8 or r.demo_noise < 0:
         return "--image-size must be >= 8 and --demo-noise >= 0"
     return ""

@@ -1,7 +1,8 @@
 """The demo's phases, in order (see :mod:`qt_ros.demo`): collect, convert, train, choose the
 checkpoint to deploy (closed loop on validation scenes), the policy through ROS, append its
-episodes, the second round (evaluate, train on, evaluate), summary; with ``--full`` the
-comparison table after them."""
+episodes, the second round (evaluate, train on, choose again between the deployed policy and
+the second round's copies, evaluate), summary; with ``--full`` the comparison table after
+them."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ ROS_SEED = 10_000  # scene seeds of the policy episodes through ROS (data: seed 
 RECORD_SEED = 20_000  # scene seeds of the policy episodes recorded in-process for round 2
 EVAL_SEED = 100_000  # scene seeds of the in-process evaluations, before and after
 VALIDATION_SEED = 50_000  # scene seeds that choose the deployed checkpoint among kept copies
+VALIDATION2_SEED = 60_000  # scene seeds of the choice after the second round
 
 
 class Demo:
@@ -44,7 +46,7 @@ class Demo:
         self.procs = Processes(self.out / "logs", self.env)
         self.paths = {name: self.out / name for name in (
             "episodes", "dataset", "checkpoint", "policy_episodes", "policy_episodes_fast",
-            "checkpoint_round2", "policy", "selection",
+            "checkpoint_round2", "policy", "selection", "policy_round2", "selection_round2",
             "eval", "comparison")}
         self.timings: dict[str, float] = {}
         self.results: dict = {"ros": [], "eval": {}}
@@ -78,8 +80,10 @@ class Demo:
         if r.improve and r.improve_episodes:
             phases.append(("record policy episodes", self.record_policy_episodes))
         if r.improve:
-            phases += [("train round 2", self.train_round2),
-                       ("evaluate round 2", self.evaluate_second)]
+            phases.append(("train round 2", self.train_round2))
+            if r.select_episodes:
+                phases.append(("choose after round 2", self.choose_after_round2))
+            phases.append(("evaluate round 2", self.evaluate_second))
         if self.full:
             phases.append(("comparison (--full)", self.compare))
         phases.append(("summary", self.summarize))
@@ -155,24 +159,39 @@ class Demo:
     def choose_checkpoint(self) -> None:
         """``qt-ros select``: the first round's last kept copies on validation scenes; the one
         with the most successes is copied to ``policy/``, which every later phase uses."""
+        self.results["selection"] = self._select(
+            [self.paths["checkpoint"]], VALIDATION_SEED, "selection", "policy")
+
+    def choose_after_round2(self) -> None:
+        """The same choice after the second round, on validation scenes of its own, between
+        the policy the first round deployed and the second round's last kept copies: the
+        winner is copied to ``policy_round2/``, the policy the loop deploys next. A second
+        round on the policy's own episodes can be worse than the first (docs/design.md 7.1,
+        session 13); then the first round's policy stays."""
+        self.results["selection_round2"] = self._select(
+            [self.paths["policy"], self.paths["checkpoint_round2"]], VALIDATION2_SEED,
+            "selection_round2", "policy_round2")
+
+    def _select(self, candidates: list[Path], seed: int, out: str, deploy: str) -> dict:
         r = self.recipe
-        status = self._cli("select", str(self.paths["checkpoint"]), "--last", str(r.select_last),
+        status = self._cli("select", *map(str, candidates), "--last", str(r.select_last),
                            "--episodes", str(r.select_episodes), "--task", r.task,
-                           "--seed-offset", str(self.seed + VALIDATION_SEED), "--max-steps",
+                           "--seed-offset", str(self.seed + seed), "--max-steps",
                            str(r.decisions), "--workers", str(self.workers), "--params",
-                           str(self.params), "--out", str(self.paths["selection"]),
-                           "--deploy", str(self.paths["policy"]))
-        chosen = self.paths["selection"] / "selection.json"
-        if status != 0 or not chosen.exists() or not (self.paths["policy"] / "config.json"
+                           str(self.params), "--out", str(self.paths[out]),
+                           "--deploy", str(self.paths[deploy]))
+        chosen = self.paths[out] / "selection.json"
+        if status != 0 or not chosen.exists() or not (self.paths[deploy] / "config.json"
                                                       ).exists():
             raise DemoError(f"qt-ros select failed (status {status}); see above")
-        self.results["selection"] = json.loads(chosen.read_text())
+        return json.loads(chosen.read_text())
 
     def train_round2(self) -> None:
         r = self.recipe
+        keep = ("--keep-every", str(r.improve_keep_every)) if r.select_episodes else ()
         self._train(self.paths["checkpoint_round2"], r.improve_steps, r.improve_minutes,
                     "--init", str(self.deployed),
-                    "--warmup-steps", str(r.improve_warmup_steps))
+                    "--warmup-steps", str(r.improve_warmup_steps), *keep)
 
     def run_policy_through_ros(self) -> None:
         r = self.recipe
@@ -263,7 +282,20 @@ class Demo:
         self._evaluate(self.deployed, "round1")
 
     def evaluate_second(self) -> None:
+        """The second round's last weights (what the loop's training did) and, when the choice
+        after it deployed other weights than those and the first round's, the deployed ones."""
         self._evaluate(self.paths["checkpoint_round2"], "round2")
+        if not self.results.get("selection_round2"):
+            return
+        weights = (self.paths["policy_round2"] / "model.safetensors").read_bytes()
+        for name, path in (("round2", self.paths["checkpoint_round2"]),
+                           ("round1", self.paths["policy"])):
+            if name in self.results["eval"] and \
+                    (path / "model.safetensors").read_bytes() == weights:
+                self.results["eval"]["deployed"] = {**self.results["eval"][name],
+                                                    "same_as": name}
+                return
+        self._evaluate(self.paths["policy_round2"], "deployed")
 
     def compare(self) -> None:
         """The comparison table (docs/design.md 3.9): Q-T, BC and ablations, trained with the

@@ -84,6 +84,7 @@ def build_summary(demo) -> dict:
         "appended": results.get("appended", 0),
         "recorded": results.get("recorded"),
         "selection": _selection(results.get("selection")),
+        "selection_round2": _selection(results.get("selection_round2"), paths["policy"]),
         "eval": evals,
         "training": training,
         "comparison": results.get("comparison"),
@@ -93,13 +94,17 @@ def build_summary(demo) -> dict:
     }
 
 
-def _selection(selection: dict | None) -> dict | None:
-    """The candidates' steps and successes, and the chosen step (from selection.json)."""
+def _selection(selection: dict | None, incumbent: Path | None = None) -> dict | None:
+    """The candidates' steps and successes, and the chosen step (from selection.json); with
+    ``incumbent`` (the policy deployed before), which row is that policy."""
     if not selection:
         return None
+    keep = ("step", "successes", "episodes", "wilson_95")
+    rows = [{**{k: row[k] for k in keep},
+             "incumbent": incumbent is not None and Path(row["checkpoint"]) == Path(incumbent)}
+            for row in selection["rows"]]
     return {"seeds": selection["seeds"], "chosen_step": selection["chosen"]["step"],
-            "rows": [{k: row[k] for k in ("step", "successes", "episodes", "wilson_95")}
-                     for row in selection["rows"]]}
+            "chosen_incumbent": rows[selection["chosen_index"]]["incumbent"], "rows": rows}
 
 
 def selection_note(s: dict) -> str:
@@ -112,6 +117,25 @@ def selection_note(s: dict) -> str:
     return (f"Deployed: the first round's weights at step {chosen['chosen_step']}, chosen among "
             f"its last {len(rows)} kept copies by closed-loop success on validation scenes "
             f"{seeds[0]}..{seeds[1]} (step: successes; {scores}).")
+
+
+def round2_note(s: dict) -> str:
+    """What the loop deploys after the second round: the first round's policy or one of the
+    second round's kept copies, and how the candidates scored."""
+    chosen = s.get("selection_round2")
+    if not chosen:
+        return ""
+    seeds, rows = chosen["seeds"], chosen["rows"]
+    first = next((row for row in rows if row["incumbent"]), None)
+    copies = [row for row in rows if not row["incumbent"]]
+    scores = ", ".join(f"{row['step']}: {row['successes']}/{row['episodes']}" for row in copies)
+    winner = ("the first round's policy, kept" if chosen["chosen_incumbent"] else
+              f"the second round's weights at step {chosen['chosen_step']}")
+    against = (f"the first round's policy ({first['successes']}/{first['episodes']}) and "
+               if first else "")
+    return (f"Deployed after the second round: {winner}, chosen on validation scenes "
+            f"{seeds[0]}..{seeds[1]} between {against}the second round's last {len(copies)} "
+            f"kept copies (step: successes; {scores}).")
 
 
 def failure_note(s: dict) -> str:
@@ -143,7 +167,9 @@ def summary_markdown(s: dict) -> str:
              f"{rate_text(s['ros'])} | unseen scenes, recorded as bags |"]
     for name, title in (("round1", "Q-Transformer, in-process `qt-ros eval`"),
                         ("round2", "after the second round (`train --init` on its own "
-                                   "episodes)")):
+                                   "episodes)"),
+                        ("deployed", "deployed after the second round (chosen: see "
+                                     "below)")):
         if name in ev:
             seeds = ev[name]["seeds"]
             lines.append(f"| {title} | {rate_text(ev[name])} | unseen seeds "
@@ -151,10 +177,9 @@ def summary_markdown(s: dict) -> str:
     if "round1" in ev and "round2" in ev:
         diff = ev["round2"]["success_rate"] - ev["round1"]["success_rate"]
         lines += ["", f"Second round: {100 * diff:+.0f} points on the same seeds."]
-    if selection_note(s):
-        lines += ["", selection_note(s)]
-    if failure_note(s):
-        lines += ["", failure_note(s)]
+    for note in (selection_note(s), round2_note(s), failure_note(s)):
+        if note:
+            lines += ["", note]
     collected = ", ".join(f"{c['episodes']} {kind} ({c['successes']} successful)"
                           for kind, c in s["collected"].items() if c.get("episodes"))
     d = s["dataset"]
@@ -181,7 +206,9 @@ def summary_markdown(s: dict) -> str:
               f"- dataset: `{p['dataset']}`; checkpoints: `{p['checkpoint']}`, "
               f"`{p['checkpoint_round2']}`"
               + (f"; deployed after the first round: `{p['policy']}`" if s.get("selection")
-                 else ""),
+                 else "")
+              + (f"; after the second round: `{p['policy_round2']}`"
+                 if s.get("selection_round2") else ""),
               "- `summary.png`, `policy_episode.gif`; evaluation GIFs under `eval/`", ""]
     return "\n".join(lines)
 
@@ -191,10 +218,11 @@ def summary_text(s: dict) -> str:
     lines = ["", f"qt_ros demo ({s['task']}), {s['seconds']['total'] / 60:.1f} min:",
              f"  Q-T success through ROS:     {rate_text(s['ros'])}"]
     for name, title in (("round1", "in-process eval, round 1:"),
-                        ("round2", "in-process eval, round 2:")):
+                        ("round2", "in-process eval, round 2:"),
+                        ("deployed", "deployed after round 2:")):
         if name in s["eval"]:
             lines.append(f"  {title:28s} {rate_text(s['eval'][name])}")
-    for note in (selection_note(s), failure_note(s)):
+    for note in (selection_note(s), round2_note(s), failure_note(s)):
         if note:
             lines += textwrap.wrap(note, 96, initial_indent="  ", subsequent_indent="  ")
     lines.append("  phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items()
