@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from qt_ros.evaluation.intervals import wilson_interval  # noqa: E402
 
-COLORS = {"mix": "tab:blue", "clean": "tab:orange"}
+COLORS = {"mix": "tab:blue", "clean": "tab:orange", "first round": "tab:gray",
+          "loop": "tab:red", "control": "tab:green"}
 
 
 def read_rows(path: Path) -> list[dict]:
