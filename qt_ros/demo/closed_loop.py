@@ -167,7 +167,8 @@ class Demo:
         the policy the first round deployed and the second round's last kept copies: the
         winner is copied to ``policy_round2/``, the policy the loop deploys next. A second
         round on the policy's own episodes can be worse than the first (docs/design.md 7.1,
-        session 13); then the first round's policy stays."""
+        session 13); then the first round's policy stays (a tie goes to the second round's copy,
+        the later candidate)."""
         self.results["selection_round2"] = self._select(
             [self.paths["policy"], self.paths["checkpoint_round2"]], VALIDATION2_SEED,
             "selection_round2", "policy_round2")
