@@ -19,8 +19,9 @@ The settings are the recipe, :mod:`qt_ros.demo.recipe` (every option's default).
 8. second round (``--improve``, on by default): ``qt-ros train --init`` on from the deployed
    checkpoint with the policy's own episodes in the data, keeping copies; ``qt-ros select``
    again on validation scenes of its own between the deployed policy and the second round's
-   last copies (the winner to ``policy_round2/``: the loop never deploys the worse one); then
-   ``qt-ros eval`` on the same seeds;
+   last copies (the winner to ``policy_round2/``: the loop keeps the first round's policy
+   when the second round's copies do worse on those scenes); then ``qt-ros eval`` on the same
+   seeds;
 9. with ``--full``: the comparison table (Q-T, BC, ablations: ``qt-ros compare``) on the
    paper-like mix, by :mod:`qt_ros.demo.mix_comparison` (also ``make compare``);
 10. summary: ``summary.md``, ``summary.png``, ``summary.json`` and ``policy_episode.gif`` in the
