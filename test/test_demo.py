@@ -3,6 +3,7 @@ whole loop with tiny counts through real ROS 2 processes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import subprocess
@@ -48,6 +49,8 @@ def test_the_options_default_to_the_recipe(ros_env):
                           ("--eval-episodes", DEFAULT.eval_episodes)):
         assert option in text and f"(default: {value})" in text
     assert check_recipe(DEFAULT) == ""  # the shipped recipe passes the demo's own checks
+    assert "--improve-keep-every >= 1" in check_recipe(
+        dataclasses.replace(DEFAULT, improve_keep_every=0))
 
 
 def test_make_compare_and_the_full_demo_compare_on_the_same_mix(ros_env, tmp_path):
