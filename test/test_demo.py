@@ -172,14 +172,19 @@ def test_summary_says_what_the_loop_deploys_after_the_second_round():
              "incumbent": first} for step, wins, first in (
                  (16000, 28, True), (2000, 22, False), (3667, 25, False))]
     s["selection_round2"] = {"seeds": [60000, 60029], "chosen_step": 16000,
-                             "chosen_incumbent": True, "rows": rows}
+                             "chosen_incumbent": True, "rows": rows,
+                             "test": {"challenger_index": 2, "wins": 1, "losses": 4,
+                                      "p_value": 0.96875, "corrected_p": 1.0,
+                                      "significance": 0.05, "replaced": False}}
     s["eval"]["deployed"] = s["eval"]["round1"]
     s["paths"]["policy_round2"] = "/runs/x/policy_round2"
     for text in (summary_markdown(s), " ".join(summary_text(s).split())):
         assert ("Deployed after the second round: the first round's policy, kept, chosen on "
                 "validation scenes 60000..60029 between the first round's policy (28/30) and "
                 "the second round's last 2 kept copies (step: successes; 2000: 22/30, "
-                "3667: 25/30)") in text
+                "3667: 25/30). The best copy succeeded on 1 scene(s) where the first round's "
+                "policy failed and failed on 4 where it succeeded: sign test p = 0.97, 1 for 2 "
+                "copies; a copy replaces the first round's policy at p <= 0.05.") in text
     assert "| deployed after the second round (chosen: see below) | 81/100" in \
         summary_markdown(s)
     assert "after the second round: `/runs/x/policy_round2`" in summary_markdown(s)
@@ -252,6 +257,10 @@ def test_demo_runs_the_whole_loop_with_tiny_counts(ros_env, tmp_path):
     again = s["selection_round2"]
     assert [(r["step"], r["incumbent"]) for r in again["rows"]] == [
         (chosen["chosen_step"], True), (4, False), (5, False)]
+    # the first round's policy stays unless a copy beats it by the paired sign test
+    test = again["test"]
+    assert again["chosen_incumbent"] is not test["replaced"]
+    assert not test["replaced"] or (test["corrected_p"] <= 0.05 and test["wins"] > 0)
     assert again["seeds"] == [60000, 60001]
     winner = (out / "policy" if again["chosen_incumbent"] else
               out / "checkpoint_round2" / "steps" / f"{again['chosen_step']:07d}")

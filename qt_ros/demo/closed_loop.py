@@ -163,24 +163,26 @@ class Demo:
             [self.paths["checkpoint"]], VALIDATION_SEED, "selection", "policy")
 
     def choose_after_round2(self) -> None:
-        """The same choice after the second round, on validation scenes of its own, between
-        the policy the first round deployed and the second round's last kept copies: the
-        winner is copied to ``policy_round2/``, the policy the loop deploys next. A second
-        round on the policy's own episodes can be worse than the first (docs/design.md 7.1,
-        session 13); then the first round's policy stays (a tie goes to the second round's copy,
-        the later candidate)."""
+        """A choice after the second round, on validation scenes of its own: the policy the
+        first round deployed is the incumbent, the second round's last kept copies challenge it,
+        and the outcome is copied to ``policy_round2/``, the policy the loop deploys next. A
+        second round on the policy's own episodes can be worse than the first (docs/design.md
+        7.1, session 13), and near the ceiling 30 episodes cannot tell policies apart, so a
+        copy replaces the first round's policy only when ``qt-ros select --incumbent``'s paired
+        sign test says it is better."""
         self.results["selection_round2"] = self._select(
-            [self.paths["policy"], self.paths["checkpoint_round2"]], VALIDATION2_SEED,
-            "selection_round2", "policy_round2")
+            [self.paths["checkpoint_round2"]], VALIDATION2_SEED, "selection_round2",
+            "policy_round2", "--incumbent", str(self.paths["policy"]))
 
-    def _select(self, candidates: list[Path], seed: int, out: str, deploy: str) -> dict:
+    def _select(self, candidates: list[Path], seed: int, out: str, deploy: str,
+                *extra: str) -> dict:
         r = self.recipe
         status = self._cli("select", *map(str, candidates), "--last", str(r.select_last),
                            "--episodes", str(r.select_episodes), "--task", r.task,
                            "--seed-offset", str(self.seed + seed), "--max-steps",
                            str(r.decisions), "--workers", str(self.workers), "--params",
                            str(self.params), "--out", str(self.paths[out]),
-                           "--deploy", str(self.paths[deploy]))
+                           "--deploy", str(self.paths[deploy]), *extra)
         chosen = self.paths[out] / "selection.json"
         if status != 0 or not chosen.exists() or not (self.paths[deploy] / "config.json"
                                                       ).exists():

@@ -101,10 +101,12 @@ def _selection(selection: dict | None, incumbent: Path | None = None) -> dict | 
         return None
     keep = ("step", "successes", "episodes", "wilson_95")
     rows = [{**{k: row[k] for k in keep},
-             "incumbent": incumbent is not None and Path(row["checkpoint"]) == Path(incumbent)}
+             "incumbent": bool(row.get("incumbent")) or (
+                 incumbent is not None and Path(row["checkpoint"]) == Path(incumbent))}
             for row in selection["rows"]]
     return {"seeds": selection["seeds"], "chosen_step": selection["chosen"]["step"],
-            "chosen_incumbent": rows[selection["chosen_index"]]["incumbent"], "rows": rows}
+            "chosen_incumbent": rows[selection["chosen_index"]]["incumbent"], "rows": rows,
+            "test": selection.get("test")}
 
 
 def selection_note(s: dict) -> str:
@@ -133,9 +135,16 @@ def round2_note(s: dict) -> str:
               f"the second round's weights at step {chosen['chosen_step']}")
     against = (f"the first round's policy ({first['successes']}/{first['episodes']}) and "
                if first else "")
+    test = chosen.get("test")
+    why = ""
+    if test:
+        why = (f" The best copy succeeded on {test['wins']} scene(s) where the first round's "
+               f"policy failed and failed on {test['losses']} where it succeeded: sign test p = "
+               f"{test['p_value']:.2g}, {test['corrected_p']:.2g} for {len(copies)} copies; a "
+               f"copy replaces the first round's policy at p <= {test['significance']:g}.")
     return (f"Deployed after the second round: {winner}, chosen on validation scenes "
             f"{seeds[0]}..{seeds[1]} between {against}the second round's last {len(copies)} "
-            f"kept copies (step: successes; {scores}).")
+            f"kept copies (step: successes; {scores}).{why}")
 
 
 def failure_note(s: dict) -> str:
