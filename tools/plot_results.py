@@ -35,7 +35,10 @@ def read_rows(path: Path) -> list[dict]:
 def plot(rows: list[dict], out: Path, title: str) -> Path:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     width = max(sum(r["task"] == t for r in rows) for t in tasks)
-    fig, axes = plt.subplots(len(tasks), 1, figsize=(0.62 * width + 2, 3.3 * len(tasks)),
+    # rotated tick labels take ~0.085 in per character below each axis
+    label = max(len(f"{r['data']}: {r['label']}") for r in rows)
+    fig, axes = plt.subplots(len(tasks), 1,
+                             figsize=(0.62 * width + 2, (2.2 + 0.085 * label) * len(tasks)),
                              squeeze=False)
     for ax, task in zip(axes[:, 0], tasks, strict=True):
         part = [r for r in rows if r["task"] == task]
