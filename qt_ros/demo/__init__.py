@@ -17,10 +17,10 @@ The settings are the recipe, :mod:`qt_ros.demo.recipe` (every option's default).
 6. append: ``qt-ros convert`` adds the policy's episodes to the dataset;
 7. evaluate: ``qt-ros eval`` (in-process, the policy node's acting code) on unseen seeds;
 8. second round (``--improve``, on by default): ``qt-ros train --init`` on from the deployed
-   checkpoint with the policy's own episodes in the data, keeping copies; ``qt-ros select``
-   again on validation scenes of its own between the deployed policy and the second round's
-   last copies (the winner to ``policy_round2/``: the loop keeps the first round's policy
-   when the second round's copies do worse on those scenes); then ``qt-ros eval`` on the same
+   checkpoint with the policy's own episodes in the data, keeping copies; ``qt-ros select
+   --incumbent`` on validation scenes of its own, the deployed policy against the second
+   round's last copies (the outcome to ``policy_round2/``: a copy replaces the first round's
+   policy only when a paired sign test says it is better); then ``qt-ros eval`` on the same
    seeds;
 9. with ``--full``: the comparison table (Q-T, BC, ablations: ``qt-ros compare``) on the
    paper-like mix, by :mod:`qt_ros.demo.mix_comparison` (also ``make compare``);

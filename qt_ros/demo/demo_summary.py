@@ -84,7 +84,7 @@ def build_summary(demo) -> dict:
         "appended": results.get("appended", 0),
         "recorded": results.get("recorded"),
         "selection": _selection(results.get("selection")),
-        "selection_round2": _selection(results.get("selection_round2"), paths["policy"]),
+        "selection_round2": _selection(results.get("selection_round2")),
         "eval": evals,
         "training": training,
         "comparison": results.get("comparison"),
@@ -94,15 +94,14 @@ def build_summary(demo) -> dict:
     }
 
 
-def _selection(selection: dict | None, incumbent: Path | None = None) -> dict | None:
-    """The candidates' steps and successes, and the chosen step (from selection.json); with
-    ``incumbent`` (the policy deployed before), which row is that policy."""
+def _selection(selection: dict | None) -> dict | None:
+    """The candidates' steps and successes, the chosen step, which row is the incumbent (the
+    policy in service, ``qt-ros select --incumbent``) and the replacement test, from
+    selection.json."""
     if not selection:
         return None
     keep = ("step", "successes", "episodes", "wilson_95")
-    rows = [{**{k: row[k] for k in keep},
-             "incumbent": bool(row.get("incumbent")) or (
-                 incumbent is not None and Path(row["checkpoint"]) == Path(incumbent))}
+    rows = [{**{k: row[k] for k in keep}, "incumbent": bool(row.get("incumbent"))}
             for row in selection["rows"]]
     return {"seeds": selection["seeds"], "chosen_step": selection["chosen"]["step"],
             "chosen_incumbent": rows[selection["chosen_index"]]["incumbent"], "rows": rows,

@@ -82,12 +82,13 @@ class Recipe:
     keep_every: int = 2000
     """Steps between the kept copies of the first round (``qt-ros train --keep-every``)."""
     improve_keep_every: int = 1000
-    """Steps between the kept copies of the second round. After it the same choice runs on
-    fresh validation scenes among the first round's deployed policy and the second round's
-    last ``select_last`` copies, so the loop does not deploy a policy that is worse on those
-    scenes: from first-round checkpoints at 11, 42 and 65 of 100, a second round on the data
-    with the policy's own episodes appended scored 26, 42 and 62, where the same steps on the
-    demonstrations alone scored 77, 94 and 92 (docs/design.md 7.1, session 13)."""
+    """Steps between the kept copies of the second round. After it ``qt-ros select
+    --incumbent`` runs on fresh validation scenes: the second round's last ``select_last``
+    copies replace the first round's deployed policy only when a paired sign test says one is
+    better, since a second round can be worse: from first-round checkpoints at 11, 42 and 65
+    of 100, a second round on the data with the policy's own episodes appended scored 26, 42
+    and 62, where the same steps on the demonstrations alone scored 77, 94 and 92
+    (docs/design.md 7.1, session 13)."""
 
     # ---- evaluation
     ros_episodes: int = 30
