@@ -32,11 +32,15 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def tick(row: dict) -> str:
+    return f"{row['data']}: {row['label']}"
+
+
 def plot(rows: list[dict], out: Path, title: str) -> Path:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     width = max(sum(r["task"] == t for r in rows) for t in tasks)
     # rotated tick labels take ~0.085 in per character below each axis
-    label = max(len(f"{r['data']}: {r['label']}") for r in rows)
+    label = max(len(tick(r)) for r in rows)
     fig, axes = plt.subplots(len(tasks), 1,
                              figsize=(0.62 * width + 2, (2.2 + 0.085 * label) * len(tasks)),
                              squeeze=False)
@@ -50,7 +54,7 @@ def plot(rows: list[dict], out: Path, title: str) -> Path:
                      [hi - p for p, hi in zip(rates, high, strict=True)]], capsize=3)
         for k, r in enumerate(part):
             ax.text(k, high[k] + 0.02, f"{r['successes']}", ha="center", fontsize=7)
-        ax.set_xticks(range(len(part)), [f"{r['data']}: {r['label']}" for r in part],
+        ax.set_xticks(range(len(part)), [tick(r) for r in part],
                       rotation=60, ha="right", fontsize=7)
         ax.set_xlim(-0.6, width - 0.4)
         ax.set_ylim(0, 1.12)
